@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
+import flax.linen as nn
 import gymnasium as gym
 import h5py
 import jax
@@ -33,11 +34,8 @@ import numpy as np
 import optax
 import pyrallis
 import wandb
-from tqdm.auto import tqdm, trange
-
-import flax.linen as nn
 from flax.training.train_state import TrainState
-
+from tqdm.auto import tqdm, trange
 
 # --- Config ---
 
@@ -528,7 +526,7 @@ def save_checkpoint(directory: str, state: SACNState, epoch: int) -> None:
     kill during the write never corrupts the last good checkpoint."""
     path = os.path.join(directory, "checkpoint.npz")
     with open(path + ".tmp", "wb") as file:
-        np.savez(file, epoch=epoch, *jax.device_get(jax.tree.leaves(state)))
+        np.savez(file, *jax.device_get(jax.tree.leaves(state)), epoch=epoch)
     os.replace(path + ".tmp", path)
 
 
