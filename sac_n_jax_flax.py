@@ -541,7 +541,7 @@ def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, int
         epoch = int(data["epoch"])
     for leaf, template_leaf in zip(leaves, template_leaves):
         if leaf.shape != template_leaf.shape:
-            fail(f"checkpoint {path} does not match the config: array of shape {leaf.shape}, want {template_leaf.shape}")
+            fail(f"checkpoint {path} does not match the config: array shape {leaf.shape}, want {template_leaf.shape}")
     return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), epoch
 
 
