@@ -13,9 +13,13 @@ script written in Equinox; `diff` the two to see only framework changes.
     python sac_n_jax_flax.py --config_path configs/halfcheetah.yaml
 """
 
+import csv
 import dataclasses
 import difflib
+import json
+import math
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -80,12 +84,18 @@ class Config:
     eval_episodes: int = 10
     # evaluate every `eval_every` epochs (not updates), and after the last epoch
     eval_every: int = 5
-    # seed of network init and batch sampling
+    # seed of network init and batch sampling; seed i of a multi-seed run uses train_seed + i
     train_seed: int = 10
+    # independent agents trained at once in one process (vmapped, sharded over devices)
+    num_seeds: int = 1
     # seed of the evaluation episodes' start states (the same at every evaluation)
     eval_seed: int = 42
-    # directory for the config and checkpoints; null: no checkpoints
+    # directory for the config, checkpoints and scores.csv; null: no checkpoints, scores in results/<run name>
     checkpoints_path: Optional[str] = None
+    # continue the run saved in checkpoints_path, in the same wandb run, exactly as if never stopped
+    resume: bool = False
+    # only evaluate the agents saved in checkpoints_path, then exit
+    eval_only: bool = False
 
 
 def fail(message: str) -> None:
@@ -122,7 +132,15 @@ def parse_config(args: Optional[list[str]] = None) -> Config:
 
 
 def check_config(config: Config) -> None:
-    positive = ["hidden_dim", "num_critics", "batch_size", "num_updates_on_epoch", "eval_episodes", "eval_every"]
+    positive = [
+        "hidden_dim",
+        "num_critics",
+        "batch_size",
+        "num_updates_on_epoch",
+        "eval_episodes",
+        "eval_every",
+        "num_seeds",
+    ]
     for name in positive:
         if getattr(config, name) < 1:
             fail(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -130,6 +148,8 @@ def check_config(config: Config) -> None:
         fail(f"num_epochs must be at least 0, got {config.num_epochs}")
     if not 0.0 <= config.gamma <= 1.0 or not 0.0 < config.tau <= 1.0:
         fail(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got gamma={config.gamma}, tau={config.tau}")
+    if (config.resume or config.eval_only) and config.checkpoints_path is None:
+        fail("resume and eval_only read the run in checkpoints_path: set --checkpoints_path")
 
 
 # --- Data ---
@@ -458,6 +478,17 @@ class SACNState(NamedTuple):
     key: jax.Array
 
 
+def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
+    """One agent per seed, stacked on a leading [num_seeds] axis. Seed i starts from
+    train_seed + i, so it trains exactly as a single-seed run with that train_seed."""
+
+    def create(seed: jax.Array) -> SACNState:
+        init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+        return SACNState(*create_train_states(init_key, obs_dim, action_dim, config), train_key)
+
+    return jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
+
+
 def update_sac_n(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
     key, batch_key, actor_key, critic_key = jax.random.split(state.key, 4)
     batch = sample_batch(batch_key, dataset, config.batch_size)
@@ -472,9 +503,8 @@ def update_sac_n(state: SACNState, dataset: Batch, config: Config) -> tuple[SACN
     return SACNState(actor, critic, alpha, key), {**alpha_info, **actor_info, **critic_info}
 
 
-@partial(jax.jit, static_argnames="config", donate_argnames="state")
-def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
-    """`config.num_updates_on_epoch` updates in one compiled loop; metrics are epoch means."""
+def scan_updates(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
+    """One agent's epoch: `config.num_updates_on_epoch` updates in one loop; metrics are epoch means."""
     state, infos = jax.lax.scan(
         lambda state, _: update_sac_n(state, dataset, config), state, length=config.num_updates_on_epoch
     )
@@ -486,51 +516,91 @@ def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNS
     return state._replace(key=key), metrics
 
 
+@partial(jax.jit, static_argnames="config", donate_argnames="state")
+def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
+    """An epoch of every seed's agent in one compiled call, vmapped over the seed axis; the
+    dataset is an argument (a captured array would be baked into the program) shared by all seeds."""
+    return jax.vmap(lambda state: scan_updates(state, dataset, config))(state)
+
+
+def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
+    """Split the seed axis over the devices (one seed group per GPU); every device holds the dataset."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[: math.gcd(num_seeds, jax.device_count())]), ("seeds",))
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds")))
+    dataset = jax.device_put(dataset, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return state, dataset
+
+
 # --- Evaluation ---
 
 
 @jax.jit
 def deterministic_action(actor: TrainState, obs: jax.Array, max_action: float) -> jax.Array:
-    mean, _ = actor.apply_fn(actor.params, obs)
+    """Every seed's tanh(mean) action; obs is [num_seeds, num_envs, obs_dim]."""
+    mean, _ = jax.vmap(actor.apply_fn)(actor.params, obs)
     return jnp.tanh(mean) * max_action
 
 
-def evaluate(actor: TrainState, envs: list[gym.Env], seed: int, max_action: float) -> np.ndarray:
-    """One episode per env, stepped in lockstep so the actor runs once per step on all of them."""
-    obs = np.stack([env.reset(seed=seed + index)[0] for index, env in enumerate(envs)])
-    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+def evaluate(actor: TrainState, envs: list[list[gym.Env]], seed: int, max_action: float) -> np.ndarray:
+    """One episode per env, envs[i][j] for seed i's agent; all are stepped in lockstep so the actor
+    runs once per step, and every seed sees the same start states. Returns [num_seeds, num_episodes]."""
+    obs = np.stack([[env.reset(seed=seed + index)[0] for index, env in enumerate(row)] for row in envs])
+    returns, done = np.zeros(obs.shape[:2]), np.zeros(obs.shape[:2], dtype=bool)
     while not done.all():
         actions = np.asarray(deterministic_action(actor, obs, max_action))
-        for index in np.flatnonzero(~done):
-            obs[index], reward, terminated, truncated, _ = envs[index].step(actions[index])
-            returns[index] += reward
-            done[index] = terminated or truncated
+        for i, j in zip(*np.nonzero(~done)):
+            obs[i, j], reward, terminated, truncated, _ = envs[i][j].step(actions[i, j])
+            returns[i, j] += reward
+            done[i, j] = terminated or truncated
     return returns
 
 
-def eval_metrics(returns: np.ndarray, task: Task) -> dict[str, float]:
-    scores = 100 * (returns - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
-    return {
+def normalized_score(returns: np.ndarray, task: Task) -> np.ndarray:
+    return 100 * (returns - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
+
+
+def eval_metrics(returns: np.ndarray, task: Task, seeds: list[int]) -> dict[str, float]:
+    """Means and stds over all episodes of all seeds; with several seeds, also each seed's
+    scores and the std of the seed means (the paper's "mean +- std over seeds")."""
+    scores = normalized_score(returns, task)
+    metrics = {
         "eval/return_mean": returns.mean(),
         "eval/return_std": returns.std(),
         "eval/normalized_score_mean": scores.mean(),
         "eval/normalized_score_std": scores.std(),
     }
+    if len(seeds) > 1:
+        metrics["eval/normalized_score_seed_std"] = scores.mean(axis=1).std()
+        for seed, seed_returns, seed_scores in zip(seeds, returns, scores):
+            metrics[f"eval/seed_{seed}/return_mean"] = seed_returns.mean()
+            metrics[f"eval/seed_{seed}/normalized_score_mean"] = seed_scores.mean()
+    return metrics
 
 
-# --- Checkpoints ---
+# --- Checkpoints and results ---
 
 
-def save_checkpoint(directory: str, state: SACNState, epoch: int) -> None:
-    """All arrays of the train state, written to a temporary name then renamed, so a
-    kill during the write never corrupts the last good checkpoint."""
+@dataclass
+class RunInfo:
+    """What a resumed run needs besides the train state."""
+
+    name: str
+    wandb_id: str
+    epoch: int = 0
+    # seconds spent training, summed over resumed sessions: the x-axis of score vs wall-clock plots
+    train_seconds: float = 0.0
+
+
+def save_checkpoint(directory: str, state: SACNState, run: RunInfo) -> None:
+    """Every array of the train state (parameters, optimizer states, RNG keys) and the run info,
+    written to a temporary name then renamed, so a kill mid-write never corrupts the last good one."""
     path = os.path.join(directory, "checkpoint.npz")
     with open(path + ".tmp", "wb") as file:
-        np.savez(file, *jax.device_get(jax.tree.leaves(state)), epoch=epoch)
+        np.savez(file, *jax.device_get(jax.tree.leaves(state)), run=json.dumps(dataclasses.asdict(run)))
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, int]:
+def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, RunInfo]:
     """The train state saved in `directory`, shaped like `template` (a freshly made state)."""
     path = os.path.join(directory, "checkpoint.npz")
     if not os.path.isfile(path):
@@ -538,48 +608,149 @@ def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, int
     template_leaves, treedef = jax.tree.flatten(template)
     with np.load(path) as data:
         leaves = [data[f"arr_{index}"] for index in range(len(template_leaves))]
-        epoch = int(data["epoch"])
+        run = RunInfo(**json.loads(str(data["run"])))
     for leaf, template_leaf in zip(leaves, template_leaves):
         if leaf.shape != template_leaf.shape:
             fail(f"checkpoint {path} does not match the config: array shape {leaf.shape}, want {template_leaf.shape}")
-    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), epoch
+    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), run
+
+
+def check_resumable(config: Config) -> None:
+    """Resuming with other hyperparameters would silently splice two different runs."""
+    path = os.path.join(config.checkpoints_path, "config.yaml")
+    if not os.path.isfile(path):
+        fail(f"no saved run in {config.checkpoints_path} (no config.yaml): train with --checkpoints_path first")
+    with open(path) as file:
+        saved = pyrallis.cfgparsing.load_config(file)
+    # what only changes when the run ends or how it is evaluated
+    may_change = {"num_epochs", "resume", "eval_only", "checkpoints_path", "eval_episodes", "eval_every", "eval_seed"}
+    changed = [name for name, value in dataclasses.asdict(config).items() if name not in may_change]
+    changed = [name for name in changed if saved.get(name) != getattr(config, name)]
+    if changed:
+        fail(
+            f"config differs from the saved run in {config.checkpoints_path} in {changed}: resume with the same values"
+        )
+
+
+def append_scores(path: str, run: RunInfo, seeds: list[int], returns: np.ndarray, task: Task) -> None:
+    """One CSV row per seed and evaluation: the results of a run without wandb."""
+    scores = normalized_score(returns, task)
+    new_file = not os.path.isfile(path)
+    with open(path, "a", newline="") as file:
+        writer = csv.writer(file)
+        if new_file:
+            writer.writerow(["epoch", "seed", "train_seconds", "return_mean", "return_std", "score_mean", "score_std"])
+        for seed, seed_returns, seed_scores in zip(seeds, returns, scores):
+            writer.writerow(
+                [run.epoch, seed, f"{run.train_seconds:.2f}", seed_returns.mean(), seed_returns.std()]
+                + [seed_scores.mean(), seed_scores.std()]
+            )
+
+
+def summarize_scores(path: str) -> str:
+    """CORL's two numbers: the last and the best normalised score, mean +- std over seeds."""
+    with open(path) as file:
+        rows = list(csv.DictReader(file))
+    by_seed: dict[str, list[float]] = {}
+    for row in rows:
+        by_seed.setdefault(row["seed"], []).append(float(row["score_mean"]))
+    last = np.array([scores[-1] for scores in by_seed.values()])
+    best = np.array([max(scores) for scores in by_seed.values()])
+    return (
+        f"normalized score over {len(by_seed)} seed(s): last {last.mean():.1f} +- {last.std():.1f}, "
+        f"best {best.mean():.1f} +- {best.std():.1f} (scores in {path})"
+    )
 
 
 # --- Main ---
 
 
-def main(config: Config) -> None:
-    transitions, task = load_task(config)
-    eval_envs = [task.make_eval_env() for _ in range(config.eval_episodes)]
-    check_dataset(transitions, eval_envs[0], config)
-    dataset = to_device(transitions)
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.train_seed))
-    train_states = create_train_states(init_key, dataset.obs.shape[1], dataset.actions.shape[1], config)
-    state = SACNState(*train_states, train_key)
-    if config.checkpoints_path is not None:
-        os.makedirs(config.checkpoints_path, exist_ok=True)
-        with open(os.path.join(config.checkpoints_path, "config.yaml"), "w") as file:
-            pyrallis.dump(config, file)
+class StopRequest:
+    """SIGINT/SIGTERM become a flag read after each epoch, so the run checkpoints before it exits."""
 
-    run_name = f"{config.name}-{config.env_name}-{uuid.uuid4().hex[:8]}"
-    wandb.init(project=config.project, group=config.group, name=run_name, config=dataclasses.asdict(config))
-    progress, postfix = trange(1, config.num_epochs + 1, desc=run_name, unit="epoch"), {}
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signal_number, self.request)
+
+    def request(self, signal_number: int, frame: Any) -> None:
+        if self.signal_name is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signal_number).name
+
+
+def check_finite(metrics: dict[str, np.ndarray], epoch: int, seeds: list[int], config: Config) -> None:
+    for name, values in metrics.items():
+        bad_seeds = [seed for seed, value in zip(seeds, values) if not np.isfinite(value)]
+        if bad_seeds:
+            kept = f"; the last good checkpoint is in {config.checkpoints_path}" if config.checkpoints_path else ""
+            fail(f"non-finite {name} at epoch {epoch}, seed {bad_seeds[0]}: training stopped{kept}")
+
+
+def train(config: Config, state: SACNState, dataset: Batch, task: Task, eval_envs: list, run: RunInfo) -> None:
+    results_dir = config.checkpoints_path or os.path.join("results", run.name)
+    os.makedirs(results_dir, exist_ok=True)
+    if config.checkpoints_path is not None:
+        with open(os.path.join(config.checkpoints_path, "config.yaml"), "w") as file:
+            pyrallis.dump(dataclasses.replace(config, resume=False), file)
+    wandb.init(
+        project=config.project,
+        group=config.group,
+        name=run.name,
+        id=run.wandb_id,
+        resume="allow",
+        config=dataclasses.asdict(config),
+    )
+    stop, seeds = StopRequest(), list(range(config.train_seed, config.train_seed + config.num_seeds))
+    progress = trange(run.epoch + 1, config.num_epochs + 1, initial=run.epoch, total=config.num_epochs, desc=run.name)
+    postfix: dict[str, str] = {}
     for epoch in progress:
         start = time.perf_counter()
         state, metrics = train_epoch(state, dataset, config)
-        metrics = jax.device_get(metrics)  # the one host sync of the epoch
-        # the first epoch includes the compile
-        metrics["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)
+        metrics = jax.device_get(metrics)  # the one host sync of the epoch: [num_seeds] per metric
+        seconds = time.perf_counter() - start
+        check_finite(metrics, epoch, seeds, config)
+        run.epoch, run.train_seconds = epoch, run.train_seconds + seconds
+        log = {name: values.mean() for name, values in metrics.items()}  # means over seeds
+        log["updates_per_second"] = config.num_updates_on_epoch / seconds  # the first epoch includes the compile
         if epoch % config.eval_every == 0 or epoch == config.num_epochs:
             returns = evaluate(state.actor, eval_envs, config.eval_seed, config.max_action)
-            metrics.update(eval_metrics(returns, task))
-            if config.checkpoints_path is not None:
-                save_checkpoint(config.checkpoints_path, state, epoch)
-            postfix["score"] = f"{metrics['eval/normalized_score_mean']:.1f}"
-        wandb.log({"epoch": epoch, **metrics}, step=epoch)
-        postfix["updates/s"] = f"{metrics['updates_per_second']:.0f}"
+            log.update(eval_metrics(returns, task, seeds))
+            append_scores(os.path.join(results_dir, "scores.csv"), run, seeds, returns, task)
+            postfix["score"] = f"{log['eval/normalized_score_mean']:.1f}"
+        if config.checkpoints_path is not None and (
+            epoch == config.num_epochs or "score" in postfix or stop.signal_name
+        ):
+            save_checkpoint(config.checkpoints_path, state, run)
+        wandb.log({"epoch": epoch, **log}, step=epoch)
+        postfix["updates/s"] = f"{log['updates_per_second']:.0f}"
         progress.set_postfix(postfix)
+        if stop.signal_name is not None:
+            wandb.finish(exit_code=1)
+            fail(f"stopped by {stop.signal_name} after epoch {epoch}; continue with --resume=true")
     wandb.finish()
+    print(summarize_scores(os.path.join(results_dir, "scores.csv")))
+
+
+def main(config: Config) -> None:
+    transitions, task = load_task(config)
+    eval_envs = [[task.make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
+    check_dataset(transitions, eval_envs[0][0], config)
+    dataset = to_device(transitions)
+    state = create_sac_n_state(dataset.obs.shape[1], dataset.actions.shape[1], config)
+    run_id = uuid.uuid4().hex[:8]
+    run = RunInfo(name=f"{config.name}-{config.env_name}-{run_id}", wandb_id=run_id)
+    if config.resume or config.eval_only:
+        check_resumable(config)
+        state, run = load_checkpoint(config.checkpoints_path, state)
+    state, dataset = shard_seeds(state, dataset, config.num_seeds)
+    if config.eval_only:
+        seeds = list(range(config.train_seed, config.train_seed + config.num_seeds))
+        returns = evaluate(state.actor, eval_envs, config.eval_seed, config.max_action)
+        for name, value in eval_metrics(returns, task, seeds).items():
+            print(f"{name}: {value:.3f}")
+        return
+    train(config, state, dataset, task, eval_envs, run)
 
 
 if __name__ == "__main__":
