@@ -301,9 +301,9 @@ def uniform_init(bound: float) -> Callable:
 
 
 # PyTorch's default Linear init, U(+-1/sqrt(fan_in)), as the EDAC and CORL code use
-torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+torch_kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 # EDAC's init: hidden biases 0.1, small uniform output layers
-hidden_bias_init = nn.initializers.constant(0.1)
+hidden_bias_init = jax.nn.initializers.constant(0.1)
 
 
 class Actor(nn.Module):
