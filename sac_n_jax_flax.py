@@ -486,7 +486,10 @@ def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNSta
         init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
         return SACNState(*create_train_states(init_key, obs_dim, action_dim, config), train_key)
 
-    return jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
+    state = jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
+    # strong dtypes only: a weakly typed leaf (the step counters start as Python ints) comes back
+    # from the first epoch strongly typed, and the changed argument types would recompile the epoch
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)
 
 
 def update_sac_n(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
@@ -525,7 +528,10 @@ def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNS
 
 def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
     """Split the seed axis over the devices (one seed group per GPU); every device holds the dataset."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[: math.gcd(num_seeds, jax.device_count())]), ("seeds",))
+    num_devices = math.gcd(num_seeds, jax.device_count())
+    if num_devices == 1:  # XLA would return the state unsharded, and the next epoch would recompile
+        return state, dataset
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("seeds",))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds")))
     dataset = jax.device_put(dataset, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     return state, dataset

@@ -65,9 +65,11 @@ assert jax.device_count() == 2, jax.devices()
 dataset = synthetic_dataset(module)
 config = module.Config(hidden_dim=16, num_critics=3, batch_size=32, num_updates_on_epoch=10, num_seeds=4)
 state, dataset = module.shard_seeds(module.create_sac_n_state(17, 6, config), dataset, 4)
-state, metrics = module.train_epoch(state, dataset, config)
+for _ in range(2):
+    state, metrics = module.train_epoch(state, dataset, config)
 leaf = jax.tree.leaves(state.critic.params)[0]
 print("devices", len(leaf.sharding.device_set), "shard", leaf.addressable_shards[0].data.shape[0])
+print("compiles", module.train_epoch._cache_size())
 """
 
 
@@ -78,6 +80,7 @@ def test_seed_axis_is_sharded_over_devices(module):
     assert result.returncode == 0, result.stderr[-2000:]
     # 4 seeds over 2 devices: each device trains 2 of them
     assert "devices 2 shard 2" in result.stdout
+    assert "compiles 1" in result.stdout  # the sharded state comes back sharded alike
 
 
 def run_args(halfcheetah_file: str, checkpoints: str) -> list[str]:
@@ -160,3 +163,14 @@ def test_plot_draws_the_scores_files(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 10_000
+
+
+def test_the_epoch_compiles_once_per_run(module):
+    dataset = synthetic_dataset(module)
+    config = module.Config(hidden_dim=8, num_critics=2, batch_size=16, num_updates_on_epoch=2, num_seeds=2)
+    state, dataset = module.shard_seeds(module.create_sac_n_state(17, 6, config), dataset, config.num_seeds)
+    before = module.train_epoch._cache_size()
+    for _ in range(3):
+        state, _ = module.train_epoch(state, dataset, config)
+    # a second compile would mean the state's types changed between epochs (e.g. weak types)
+    assert module.train_epoch._cache_size() == before + 1
