@@ -239,11 +239,9 @@ def load_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], Task]:
         "next_obs": np.concatenate([episode.observations[1:] for episode in episodes]),
         "dones": np.concatenate([episode.terminations for episode in episodes]),
     }
-    spec = dataset.spec
-    if spec.ref_min_score is None or spec.ref_max_score is None:
-        ref_scores = (float("nan"), float("nan"))
-    else:
-        ref_scores = (spec.ref_min_score, spec.ref_max_score)
+    # reference scores are dataset metadata (where minari.get_normalized_score reads them), NaN if absent
+    metadata = dataset.storage.metadata
+    ref_scores = (metadata.get("ref_min_score", float("nan")), metadata.get("ref_max_score", float("nan")))
     return transitions, Task(lambda: dataset.recover_environment(eval_env=True), *ref_scores)
 
 
