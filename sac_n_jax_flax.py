@@ -741,6 +741,7 @@ def main(config: Config) -> None:
     eval_envs = [[task.make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
     check_dataset(transitions, eval_envs[0][0], config)
     dataset = to_device(transitions)
+    del transitions  # the device copy is all that training reads; free the host copy
     state = create_sac_n_state(dataset.obs.shape[1], dataset.actions.shape[1], config)
     run_id = uuid.uuid4().hex[:8]
     run = RunInfo(name=f"{config.name}-{config.env_name}-{run_id}", wandb_id=run_id)

@@ -90,8 +90,8 @@ def run_args(halfcheetah_file: str, checkpoints: str) -> list[str]:
         "--hidden_dim=16",
         "--num_critics=2",
         "--batch_size=32",
-        "--num_epochs=5",
-        "--num_updates_on_epoch=20",
+        "--num_epochs=8",
+        "--num_updates_on_epoch=10",
         "--eval_every=2",
         "--eval_episodes=1",
         "--num_seeds=2",
@@ -100,16 +100,22 @@ def run_args(halfcheetah_file: str, checkpoints: str) -> list[str]:
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(script, halfcheetah_file, tmp_path):
-    whole = start_script(script, run_args(halfcheetah_file, "whole"), tmp_path)
-    interrupted = start_script(script, run_args(halfcheetah_file, "parts"), tmp_path)
+    # the resumed run finds the first runs' executables in JAX's compilation cache
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    whole = start_script(script, run_args(halfcheetah_file, "whole"), tmp_path, **cache)
+    interrupted = start_script(script, run_args(halfcheetah_file, "parts"), tmp_path, **cache)
     checkpoint = tmp_path / "parts" / "checkpoint.npz"
     deadline = time.time() + 300
     while not checkpoint.exists() and interrupted.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    interrupted.send_signal(signal.SIGTERM)  # during epoch 3, 4 or 5
+        time.sleep(0.02)
+    interrupted.send_signal(signal.SIGTERM)  # during epochs 3 to 8: 3 evaluations leave time
     stopped = finish(interrupted)
     assert stopped.returncode != 0 and "stopped by SIGTERM" in stopped.stderr, stopped.stderr[-2000:]
-    resumed = finish(start_script(script, [*run_args(halfcheetah_file, "parts"), "--resume=true"], tmp_path))
+    resumed = finish(start_script(script, [*run_args(halfcheetah_file, "parts"), "--resume=true"], tmp_path, **cache))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert finish(whole).returncode == 0
 
@@ -124,7 +130,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(script, halfcheetah_fil
         return [line.split(",")[:2] + line.split(",")[3:] for line in lines]
 
     assert scores("whole") == scores("parts")
-    assert len(scores("whole")) == 1 + 3 * 2  # header, evaluations at epochs 2, 4, 5 for 2 seeds
+    assert len(scores("whole")) == 1 + 4 * 2  # header, evaluations at epochs 2, 4, 6, 8 for 2 seeds
     assert "normalized score over 2 seed(s): last" in resumed.stdout
 
 
