@@ -133,6 +133,14 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(script, halfcheetah_fil
     assert len(scores("whole")) == 1 + 4 * 2  # header, evaluations at epochs 2, 4, 6, 8 for 2 seeds
     assert "normalized score over 2 seed(s): last" in resumed.stdout
 
+    # the documented way to evaluate a checkpoint: its own config file plus --eval_only=true
+    args = [f"--config_path={tmp_path / 'whole' / 'config.yaml'}", "--eval_only=true"]
+    evaluated = finish(start_script(script, args, tmp_path, **cache))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    final_scores = scores("whole")[-2:]  # the last evaluation: epoch, seed, returns, scores
+    expected_mean = np.mean([float(row[4]) for row in final_scores])
+    assert f"eval/normalized_score_mean: {expected_mean:.3f}" in evaluated.stdout
+
 
 def test_resume_with_other_hyperparameters_fails(script, halfcheetah_file, tmp_path):
     (tmp_path / "run").mkdir()
