@@ -285,9 +285,12 @@ def to_device(transitions: dict[str, np.ndarray]) -> Batch:
     return Batch(**{key: jnp.asarray(value, dtype=jnp.float32) for key, value in transitions.items()})
 
 
-def sample_batch(key: jax.Array, dataset: Batch, batch_size: int) -> Batch:
-    indices = jax.random.randint(key, (batch_size,), 0, dataset.rewards.shape[0])
+def take_rows(dataset: Batch, indices: jax.Array) -> Batch:
     return jax.tree.map(lambda array: array[indices], dataset)
+
+
+def sample_batch(key: jax.Array, dataset: Batch, batch_size: int) -> Batch:
+    return take_rows(dataset, jax.random.randint(key, (batch_size,), 0, dataset.rewards.shape[0]))
 
 
 # --- Networks ---
@@ -422,9 +425,9 @@ def create_train_states(key: jax.Array, obs_dim: int, action_dim: int, config: C
 # --- Policy ---
 
 
-def sample_action(key: jax.Array, mean: jax.Array, log_std: jax.Array, max_action: float) -> tuple:
-    """Reparameterised tanh-Gaussian sample, scaled to [-max_action, max_action], and its log-prob."""
-    noise = jax.random.normal(key, mean.shape)
+def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_action: float) -> tuple:
+    """Reparameterised tanh-Gaussian sample from standard normal `noise` (shaped as `mean`), scaled to
+    [-max_action, max_action], and its log-prob."""
     pre_tanh = mean + jnp.exp(log_std) * noise
     gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)): exact and stable, where CORL's
@@ -438,11 +441,12 @@ def sample_action(key: jax.Array, mean: jax.Array, log_std: jax.Array, max_actio
 
 
 def update_alpha(
-    key: jax.Array, actor: TrainState, alpha: TrainState, batch: Batch, max_action: float
+    noise: jax.Array, actor: TrainState, alpha: TrainState, batch: Batch, max_action: float
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     mean, log_std = actor.params(batch.obs)
-    # the same key as the actor update: both losses see one policy sample
-    _, log_probs = sample_action(key, mean, log_std, max_action)
+    # the actor update's noise: both losses see one policy sample, and XLA merges the two identical
+    # actor forward passes into one (the compiled update has as many matmuls without this one)
+    _, log_probs = sample_action(noise, mean, log_std, max_action)
     target_entropy = -batch.actions.shape[-1]
 
     def alpha_loss_fn(alpha_params: dict[str, jax.Array]) -> jax.Array:
@@ -454,11 +458,11 @@ def update_alpha(
 
 
 def update_actor(
-    key: jax.Array, actor: TrainState, critic: CriticTrainState, alpha: jax.Array, batch: Batch, max_action: float
+    noise: jax.Array, actor: TrainState, critic: CriticTrainState, alpha: jax.Array, batch: Batch, max_action: float
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     def actor_loss_fn(actor_params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
         mean, log_std = actor_params(batch.obs)
-        actions, log_probs = sample_action(key, mean, log_std, max_action)
+        actions, log_probs = sample_action(noise, mean, log_std, max_action)
         q_values = critic.params(batch.obs, actions)  # [num_critics, batch_size]
         loss = (alpha * log_probs - q_values.min(axis=0)).mean()
         # population std over the ensemble (0 for N=1); CORL's torch.std is the sample std
@@ -470,7 +474,7 @@ def update_actor(
 
 
 def update_critic(
-    key: jax.Array,
+    next_noise: jax.Array,
     actor: TrainState,
     critic: CriticTrainState,
     alpha: jax.Array,
@@ -479,7 +483,7 @@ def update_critic(
     max_action: float,
 ) -> tuple[CriticTrainState, dict[str, jax.Array]]:
     mean, log_std = actor.params(batch.next_obs)
-    next_actions, next_log_probs = sample_action(key, mean, log_std, max_action)
+    next_actions, next_log_probs = sample_action(next_noise, mean, log_std, max_action)
     next_q_values = critic.target_params(batch.next_obs, next_actions)  # [num_critics, batch_size]
     next_values = next_q_values.min(axis=0) - alpha * next_log_probs
     targets = batch.rewards + gamma * (1.0 - batch.dones) * next_values
@@ -513,6 +517,29 @@ class SACNState(NamedTuple):
     key: jax.Array
 
 
+class UpdateNoise(NamedTuple):
+    """The random numbers of one update (stacked on a leading [num_updates_on_epoch] axis for an epoch)."""
+
+    indices: jax.Array  # [batch_size] the dataset rows of the batch
+    policy_noise: jax.Array  # [batch_size, action_dim] standard normal: the policy's actions on obs
+    next_noise: jax.Array  # [batch_size, action_dim] standard normal: its actions on next_obs
+
+
+def draw_epoch_noise(key: jax.Array, dataset: Batch, config: Config) -> UpdateNoise:
+    """Every update's random numbers for one epoch, in three calls before the update loop rather than
+    a few inside each update: on a CPU, XLA runs each threefry call as a rolled loop of small kernels,
+    two thirds of the kernels of a small-network update (benchmarks/README.md). Memory: (1 + 2 *
+    action_dim) * batch_size * num_updates_on_epoch numbers per seed, 13 MB for halfcheetah's defaults."""
+    index_key, policy_key, next_key = jax.random.split(key, 3)
+    shape = (config.num_updates_on_epoch, config.batch_size)
+    noise_shape = (*shape, dataset.actions.shape[-1])
+    return UpdateNoise(
+        indices=jax.random.randint(index_key, shape, 0, dataset.rewards.shape[0]),
+        policy_noise=jax.random.normal(policy_key, noise_shape),
+        next_noise=jax.random.normal(next_key, noise_shape),
+    )
+
+
 def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
     """One agent per seed, stacked on a leading [num_seeds] axis. Seed i starts from
     train_seed + i, so it trains exactly as a single-seed run with that train_seed."""
@@ -527,27 +554,29 @@ def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNSta
     return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)
 
 
-def update_sac_n(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
-    key, batch_key, actor_key, critic_key = jax.random.split(state.key, 4)
-    batch = sample_batch(batch_key, dataset, config.batch_size)
+def update_sac_n(
+    state: SACNState, dataset: Batch, noise: UpdateNoise, config: Config
+) -> tuple[SACNState, dict[str, jax.Array]]:
+    batch = take_rows(dataset, noise.indices)
     # CORL's order, alpha -> actor -> critic, which it found better than critic -> actor -> alpha
-    alpha, alpha_info = update_alpha(actor_key, state.actor, state.alpha, batch, config.max_action)
+    alpha, alpha_info = update_alpha(noise.policy_noise, state.actor, state.alpha, batch, config.max_action)
     alpha_value = jnp.exp(alpha.params["log_alpha"])
-    actor, actor_info = update_actor(actor_key, state.actor, state.critic, alpha_value, batch, config.max_action)
+    actor, actor_info = update_actor(
+        noise.policy_noise, state.actor, state.critic, alpha_value, batch, config.max_action
+    )
     critic, critic_info = update_critic(
-        critic_key, actor, state.critic, alpha_value, batch, config.gamma, config.max_action
+        noise.next_noise, actor, state.critic, alpha_value, batch, config.gamma, config.max_action
     )
     critic = update_target(critic, config.tau)
-    return SACNState(actor, critic, alpha, key), {**alpha_info, **actor_info, **critic_info}
+    return SACNState(actor, critic, alpha, state.key), {**alpha_info, **actor_info, **critic_info}
 
 
 def scan_updates(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
     """One agent's epoch: `config.num_updates_on_epoch` updates in one loop; metrics are epoch means."""
-    state, infos = jax.lax.scan(
-        lambda state, _: update_sac_n(state, dataset, config), state, length=config.num_updates_on_epoch
-    )
+    key, noise_key, batch_key, random_key = jax.random.split(state.key, 4)
+    epoch_noise = draw_epoch_noise(noise_key, dataset, config)
+    state, infos = jax.lax.scan(lambda state, noise: update_sac_n(state, dataset, noise, config), state, epoch_noise)
     metrics = jax.tree.map(jnp.mean, infos)
-    key, batch_key, random_key = jax.random.split(state.key, 3)
     batch = sample_batch(batch_key, dataset, config.batch_size)
     # a diagnostic, so one batch per epoch rather than a critic pass in every update
     metrics["q_random_std"] = random_action_q_std(random_key, state.critic, batch, config.max_action)

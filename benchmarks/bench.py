@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from functools import partial
 from typing import Any, Callable, Optional
 
 # on a GPU, JAX would otherwise reserve 75% of its memory at start and leave torch the rest
@@ -216,16 +217,28 @@ def strong_types(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype=leaf.dtype), tree)
 
 
+def update_step(module: Any, state: Any, dataset: Any, epoch_noise: Any, step: jax.Array, config: Any) -> tuple:
+    """update_sac_n on the random numbers of update `step` of an epoch (sliced inside the jit)."""
+    return module.update_sac_n(state, dataset, jax.tree.map(lambda array: array[step], epoch_noise), config)
+
+
 class CompiledUpdate:
     """update_sac_n jitted alone (state donated, as train_epoch donates it) and compiled once for one
     agent's strongly typed state: its executable runs the Python loop, its HLO gives the FLOP and
-    launch counts. Calling the executable dispatches as calling the jitted function does."""
+    launch counts. Calling the executable dispatches as calling the jitted function does. Each call
+    takes the epoch's random numbers (`draw_epoch_noise`, one jitted call per epoch) and its update's
+    index, a device scalar, so the loop does the same random-number work as `train_epoch`."""
 
     def __init__(self, module: Any, config: Any, dataset: Any):
         self.state = strong_types(single_agent(module, make_state(module, config)))
         start = len(COMPILE_LOG.events)
-        jitted = jax.jit(module.update_sac_n, static_argnames="config", donate_argnames="state")
-        self.executable = jitted.lower(self.state, dataset, config).compile()
+        self.draw_noise = (
+            jax.jit(module.draw_epoch_noise, static_argnames="config").lower(self.state.key, dataset, config).compile()
+        )
+        epoch_noise = self.draw_noise(self.state.key, dataset)
+        self.steps = [jnp.asarray(step, jnp.int32) for step in range(config.num_updates_on_epoch)]
+        jitted = jax.jit(partial(update_step, module), static_argnames="config", donate_argnames="state")
+        self.executable = jitted.lower(self.state, dataset, epoch_noise, self.steps[0], config).compile()
         self.compile_info = COMPILE_LOG.since(start)
 
     def cost(self) -> dict:
@@ -301,12 +314,14 @@ def fused_variant(module: Any, framework: str, config: Any, dataset: Any) -> Var
 
 def loop_variant(update: CompiledUpdate, framework: str, config: Any, dataset: Any) -> Variant:
     """The jitted update_sac_n called `num_updates_on_epoch` times from Python; one wait at the end."""
-    box = {"state": update.state}
+    box = {"state": update.state, "key": jax.random.PRNGKey(config.train_seed)}
 
     def run_epoch() -> None:
         state = box["state"]
-        for _ in range(config.num_updates_on_epoch):
-            state, info = update.executable(state, dataset)
+        box["key"], noise_key = jax.random.split(box["key"])
+        epoch_noise = update.draw_noise(noise_key, dataset)
+        for step in update.steps:
+            state, info = update.executable(state, dataset, epoch_noise, step)
         box["state"] = jax.block_until_ready(state)
 
     variant = Variant(f"{framework} loop", framework, run_epoch)
@@ -872,7 +887,7 @@ def report(out: dict) -> str:
         parts += [
             "",
             f"Profile [{profile['scale']}, {profile['framework']}]: the update and its parts, each part alone in a "
-            "jitted loop that samples a batch per step (no seed vmap):",
+            "jitted loop over the epoch's drawn batches and noise (no seed vmap):",
             *lines,
         ]
     for proto in out.get("prototypes", []):

@@ -153,6 +153,13 @@ def recording_tx() -> optax.GradientTransformation:
     )
 
 
+def one_update_noise(key: jax.Array, dataset: flax_script.Batch) -> flax_script.UpdateNoise:
+    """The first update's random numbers of an epoch, as the Flax script draws them (both scripts
+    draw the same: a test below checks their whole epochs)."""
+    epoch_noise = flax_script.draw_epoch_noise(key, dataset, configs()[0])
+    return jax.tree.map(lambda array: array[0], epoch_noise)
+
+
 def recording(train_state: Any) -> Any:
     return train_state.replace(tx=recording_tx(), opt_state=recording_tx().init(train_state.params))
 
@@ -161,23 +168,24 @@ def recording(train_state: Any) -> Any:
 
 
 @jax.jit
-def flax_outputs(state: flax_script.SACNState, batch: flax_script.Batch, key: jax.Array) -> tuple:
+def flax_outputs(state: flax_script.SACNState, batch: flax_script.Batch, noise: jax.Array) -> tuple:
     q_values = state.critic.apply_fn(state.critic.params, batch.obs, batch.actions)
     mean, log_std = state.actor.apply_fn(state.actor.params, batch.obs)
-    return q_values, (mean, log_std), flax_script.sample_action(key, mean, log_std, 1.0)
+    return q_values, (mean, log_std), flax_script.sample_action(noise, mean, log_std, 1.0)
 
 
 @jax.jit
-def eqx_outputs(state: eqx_script.SACNState, batch: flax_script.Batch, key: jax.Array) -> tuple:
+def eqx_outputs(state: eqx_script.SACNState, batch: flax_script.Batch, noise: jax.Array) -> tuple:
     q_values = state.critic.params(batch.obs, batch.actions)
     mean, log_std = state.actor.params(batch.obs)
-    return q_values, (mean, log_std), eqx_script.sample_action(key, mean, log_std, 1.0)
+    return q_values, (mean, log_std), eqx_script.sample_action(noise, mean, log_std, 1.0)
 
 
 def test_networks_give_the_same_outputs(states: tuple) -> None:
-    batch, key = make_batch(jax.random.PRNGKey(2), SIZES["batch_size"]), jax.random.PRNGKey(3)
-    flax_q, flax_actor, flax_sample = flax_outputs(states[0], batch, key)
-    eqx_q, eqx_actor, eqx_sample = eqx_outputs(states[1], batch, key)
+    batch = make_batch(jax.random.PRNGKey(2), SIZES["batch_size"])
+    noise = jax.random.normal(jax.random.PRNGKey(3), batch.actions.shape)
+    flax_q, flax_actor, flax_sample = flax_outputs(states[0], batch, noise)
+    eqx_q, eqx_actor, eqx_sample = eqx_outputs(states[1], batch, noise)
     assert eqx_q.shape == (SIZES["num_critics"], SIZES["batch_size"])
     assert_close(flax_q, eqx_q, "Q-values")
     assert_close(flax_actor, eqx_actor, "actor mean and log_std")
@@ -186,20 +194,23 @@ def test_networks_give_the_same_outputs(states: tuple) -> None:
 
 @partial(jax.jit, static_argnums=0)
 def losses_and_gradients(
-    script: ModuleType, state: Any, batch: flax_script.Batch, key: jax.Array, alpha: float
+    script: ModuleType, state: Any, batch: flax_script.Batch, noise: flax_script.UpdateNoise, alpha: float
 ) -> tuple:
     """Each update function's metrics, and the gradient it applied (caught by a recording optimizer)."""
-    alpha_state, alpha_info = script.update_alpha(key, state.actor, recording(state.alpha), batch, 1.0)
-    actor, actor_info = script.update_actor(key, recording(state.actor), state.critic, alpha, batch, 1.0)
-    critic, critic_info = script.update_critic(key, state.actor, recording(state.critic), alpha, batch, 0.99, 1.0)
+    alpha_state, alpha_info = script.update_alpha(noise.policy_noise, state.actor, recording(state.alpha), batch, 1.0)
+    actor, actor_info = script.update_actor(noise.policy_noise, recording(state.actor), state.critic, alpha, batch, 1.0)
+    critic, critic_info = script.update_critic(
+        noise.next_noise, state.actor, recording(state.critic), alpha, batch, 0.99, 1.0
+    )
     return {**alpha_info, **actor_info, **critic_info}, (alpha_state.opt_state, actor.opt_state, critic.opt_state)
 
 
 def test_losses_and_gradients_match(states: tuple) -> None:
     flax_state, eqx_state = states
-    batch, key = make_batch(jax.random.PRNGKey(2), SIZES["batch_size"]), jax.random.PRNGKey(3)
-    flax_info, (flax_alpha, flax_actor, flax_critic) = losses_and_gradients(flax_script, flax_state, batch, key, 0.7)
-    eqx_info, (eqx_alpha, eqx_actor, eqx_critic) = losses_and_gradients(eqx_script, eqx_state, batch, key, 0.7)
+    batch = make_batch(jax.random.PRNGKey(2), SIZES["batch_size"])
+    noise = one_update_noise(jax.random.PRNGKey(3), batch)
+    flax_info, (flax_alpha, flax_actor, flax_critic) = losses_and_gradients(flax_script, flax_state, batch, noise, 0.7)
+    eqx_info, (eqx_alpha, eqx_actor, eqx_critic) = losses_and_gradients(eqx_script, eqx_state, batch, noise, 0.7)
     assert flax_info.keys() == eqx_info.keys()
     assert_close(flax_info, eqx_info, "alpha, actor and critic losses")
     assert_close(flax_alpha, eqx_alpha, "alpha gradient")
@@ -213,8 +224,9 @@ def test_losses_and_gradients_match(states: tuple) -> None:
 def test_one_update_gives_the_same_parameters(states: tuple) -> None:
     flax_config, eqx_config = configs()
     dataset = make_batch(jax.random.PRNGKey(2), 64)
-    flax_state, flax_info = jax.jit(flax_script.update_sac_n, static_argnums=2)(states[0], dataset, flax_config)
-    eqx_state, eqx_info = jax.jit(eqx_script.update_sac_n, static_argnums=2)(states[1], dataset, eqx_config)
+    noise = one_update_noise(jax.random.PRNGKey(3), dataset)
+    flax_state, flax_info = jax.jit(flax_script.update_sac_n, static_argnums=3)(states[0], dataset, noise, flax_config)
+    eqx_state, eqx_info = jax.jit(eqx_script.update_sac_n, static_argnums=3)(states[1], dataset, noise, eqx_config)
     assert flax_info.keys() == eqx_info.keys()
     assert_close(flax_info, eqx_info, "update_sac_n metrics")
     assert_same_states(flax_state, eqx_state)

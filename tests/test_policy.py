@@ -16,12 +16,15 @@ def gaussian_log_density(u: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np
     return -0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
 
 
+def normal(key: jax.Array, mean: np.ndarray) -> jax.Array:
+    """The policy's standard-normal noise, as the scripts draw it (`draw_epoch_noise`)."""
+    return jax.random.normal(key, mean.shape)
+
+
 def reference_sample(key: jax.Array, mean: np.ndarray, log_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 tanh-Gaussian sample and log-prob from the same standard-normal draw the script uses
-    (its reparameterisation noise is jax.random.normal(key, mean.shape); the action check below
-    fails first if that ever changes). d tanh(u)/du = 1/cosh(u)^2, with no cancellation even where
-    tanh(u) = 1 in float32."""
-    noise = np.asarray(jax.random.normal(key, mean.shape), dtype=np.float64)
+    """Float64 tanh-Gaussian sample and log-prob from the noise `normal(key)` gives the script.
+    d tanh(u)/du = 1/cosh(u)^2, with no cancellation even where tanh(u) = 1 in float32."""
+    noise = np.asarray(normal(key, mean), dtype=np.float64)
     std = np.exp(log_std.astype(np.float64))
     u = mean.astype(np.float64) + std * noise
     log_prob = (gaussian_log_density(u, mean, std) + 2 * np.log(np.cosh(u))).sum(axis=-1)
@@ -40,7 +43,9 @@ def test_sample_action_log_prob_matches_float64_reference(module, max_action: fl
     mean, log_std = grid(action_dim=3)
     for seed in range(3):
         key = jax.random.PRNGKey(seed)
-        actions, log_probs = module.sample_action(key, jnp.asarray(mean), jnp.asarray(log_std), max_action)
+        actions, log_probs = module.sample_action(
+            normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), max_action
+        )
         want_actions, want_log_probs = reference_sample(key, mean, log_std)
         assert actions.shape == mean.shape and log_probs.shape == mean.shape[:1]
         np.testing.assert_allclose(np.asarray(actions), max_action * want_actions, rtol=1e-5, atol=1e-6)
@@ -54,7 +59,7 @@ def test_log_prob_is_the_change_of_variables_with_a_numerical_jacobian(module) -
     mean = np.array([[0.0], [0.7], [-1.2], [1.5]], dtype=np.float32)
     log_std = np.array([[-1.0], [0.0], [-0.5], [0.3]], dtype=np.float32)
     key = jax.random.PRNGKey(7)
-    actions, log_probs = module.sample_action(key, jnp.asarray(mean), jnp.asarray(log_std), 1.0)
+    actions, log_probs = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0)
     u = np.arctanh(np.asarray(actions, dtype=np.float64))
     assert np.abs(u).max() < 4, "the inverse tanh of a float32 action is only accurate away from saturation"
     step = 1e-6
@@ -67,7 +72,7 @@ def test_actions_stay_within_max_action_and_log_probs_stay_finite(module) -> Non
     mean = jnp.array([[-50.0, 50.0, 0.0, 3.0]] * 64)
     log_std = jnp.array([[2.0, 2.0, 2.0, -5.0]] * 64)
     for max_action in [1.0, 2.0, 0.4]:
-        actions, log_probs = module.sample_action(jax.random.PRNGKey(0), mean, log_std, max_action)
+        actions, log_probs = module.sample_action(normal(jax.random.PRNGKey(0), mean), mean, log_std, max_action)
         # max_action in float32, as the env's Box bounds hold it
         assert np.abs(np.asarray(actions)).max() <= np.float32(max_action)
         assert bool(jnp.isfinite(log_probs).all())
@@ -77,8 +82,8 @@ def test_max_action_scales_actions_and_leaves_log_prob(module) -> None:
     """CORL's convention: the log-prob is that of the tanh-squashed action in [-1, 1]."""
     mean, log_std = grid(action_dim=2)
     key = jax.random.PRNGKey(3)
-    actions_1, log_probs_1 = module.sample_action(key, jnp.asarray(mean), jnp.asarray(log_std), 1.0)
-    actions_3, log_probs_3 = module.sample_action(key, jnp.asarray(mean), jnp.asarray(log_std), 3.0)
+    actions_1, log_probs_1 = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0)
+    actions_3, log_probs_3 = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 3.0)
     np.testing.assert_allclose(np.asarray(actions_3), 3.0 * np.asarray(actions_1), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(log_probs_3), np.asarray(log_probs_1))
 
