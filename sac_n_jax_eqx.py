@@ -87,6 +87,10 @@ class Config:
     train_seed: int = 10
     # independent agents trained at once in one process (vmapped, sharded over devices)
     num_seeds: int = 1
+    # true: all seeds' updates run as one batched (vmapped) program, the fastest, and seed i equals a single-seed
+    # run up to float32 rounding; false: the epoch runs the seeds one after another (lax.map) on one device,
+    # seed i bit for bit a single-seed run (XLA compiles a batched seed axis with other operand orders and fusions)
+    batch_seeds: bool = True
     # seed of the evaluation episodes' start states (the same at every evaluation)
     eval_seed: int = 42
     # directory for the config, checkpoints and scores.csv; null: no checkpoints, scores in results/<run name>
@@ -585,9 +589,14 @@ def scan_updates(state: SACNState, dataset: Batch, config: Config) -> tuple[SACN
 
 @partial(jax.jit, static_argnames="config", donate_argnames="state")
 def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
-    """An epoch of every seed's agent in one compiled call, vmapped over the seed axis; the
-    dataset is an argument (a captured array would be baked into the program) shared by all seeds."""
-    return jax.vmap(lambda state: scan_updates(state, dataset, config))(state)
+    """An epoch of every seed's agent in one compiled call, vmapped over the seed axis (or, with
+    batch_seeds=false, looped over it: each seed then runs the single-seed program); the dataset is an
+    argument (a captured array would be baked into the program) shared by all seeds."""
+    seed_epoch = partial(scan_updates, dataset=dataset, config=config)
+    if config.batch_seeds and config.num_seeds > 1:
+        return jax.vmap(seed_epoch)(state)
+    # one seed loops once too: a single-seed run is then the very program each seed of batch_seeds=false runs
+    return jax.lax.map(seed_epoch, state)
 
 
 def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
@@ -814,7 +823,8 @@ def main(config: Config) -> None:
     if config.resume or config.eval_only:
         check_resumable(config)
         state, run = load_checkpoint(config.checkpoints_path, state)
-    state, dataset = shard_seeds(state, dataset, config.num_seeds)
+    # lax.map runs the seeds one after another: a split seed axis would not run in parallel
+    state, dataset = shard_seeds(state, dataset, config.num_seeds if config.batch_seeds else 1)
     if config.eval_only:
         seeds = list(range(config.train_seed, config.train_seed + config.num_seeds))
         returns = evaluate(state.actor, eval_envs, config.eval_seed, config.max_action)

@@ -482,10 +482,11 @@ def run_scale(scale: Scale, modules: dict, torch: Any, args: argparse.Namespace,
         if scale.loop:
             variants.append(loop_variant(update, framework, config, dataset))
         if scale.loop and args.num_seeds > 1 and has_seed_axis(module):
-            seeds_config = make_config(module, scale, num_seeds=args.num_seeds)
-            variant = fused_variant(module, framework, seeds_config, dataset)
-            variant.name = f"{framework} fused x{args.num_seeds} seeds"
-            variants.append(variant)
+            for batch_seeds in (True, False):
+                seeds_config = make_config(module, scale, num_seeds=args.num_seeds, batch_seeds=batch_seeds)
+                variant = fused_variant(module, framework, seeds_config, dataset)
+                variant.name = f"{framework} fused x{args.num_seeds} seeds" + ("" if batch_seeds else " lax.map")
+                variants.append(variant)
     if torch is not None:
         variants.append(torch_variant(torch, scale, transitions))
     reference = next((info[f"{name}_update"]["xla_flops"] for name in modules), None)
