@@ -509,7 +509,7 @@ def draw_epoch_noise(key: jax.Array, dataset: Batch, config: Config) -> UpdateNo
 
 def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
     """One agent per seed, stacked on a leading [num_seeds] axis. Seed i starts from
-    train_seed + i, so it trains exactly as a single-seed run with that train_seed."""
+    train_seed + i, bit for bit as a single-seed run with that train_seed (see batch_seeds)."""
 
     def create(seed: jax.Array) -> SACNState:
         init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
