@@ -532,7 +532,7 @@ class UpdateNoise(NamedTuple):
 def draw_epoch_noise(key: jax.Array, dataset: Batch, config: Config) -> UpdateNoise:
     """Every update's random numbers for one epoch, in three calls before the update loop rather than
     a few inside each update: on a CPU, XLA runs each threefry call as a rolled loop of small kernels,
-    two thirds of the kernels of a small-network update (benchmarks/README.md). Memory: (1 + 2 *
+    two thirds of the kernels of a small-network update (README.md, "Speed"). Memory: (1 + 2 *
     action_dim) * batch_size * num_updates_on_epoch numbers per seed, 13 MB for halfcheetah's defaults."""
     index_key, policy_key, next_key = jax.random.split(key, 3)
     shape = (config.num_updates_on_epoch, config.batch_size)
