@@ -1,163 +1,130 @@
-"""SAC-N for offline RL on D4RL Gym-MuJoCo datasets, in JAX + Equinox.
-
-SAC-N is Soft Actor-Critic with an ensemble of N critics whose minimum is the
-pessimistic value estimate (An et al. 2021, "Uncertainty-Based Offline
-Reinforcement Learning with Diversified Q-Ensemble", arXiv:2110.01548).
-Hyperparameters and implementation choices follow CORL's `sac_n.py`, which
-produced the public baseline numbers.
-
-One file, not a library: config, data, networks, updates, the jitted training
-epoch, evaluation and logging are all here. `sac_n_jax_flax.py` is the same
-script written in Flax; `diff` the two to see only framework changes.
+"""SAC-N for offline RL on the D4RL Gym-MuJoCo datasets, in JAX + Equinox: Soft Actor-Critic whose pessimistic value
+is the minimum over an ensemble of N critics (An et al. 2021, arXiv:2110.01548). The update follows CORL's `sac_n.py`
+(README.md lists each difference); `sac_n_jax_flax.py` is this script in Flax: `diff` the two to see the framework.
 
     python sac_n_jax_eqx.py --config_path configs/halfcheetah.yaml
 """
 
-import csv
 import dataclasses
-import difflib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
-import urllib.error
 import urllib.request
-import uuid
-from dataclasses import dataclass
+import warnings
 from functools import partial
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, NoReturn, Optional
 
 import equinox as eqx
 import gymnasium as gym
 import h5py
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 import optax
 import pyrallis
 import wandb
-from tqdm.auto import tqdm, trange
+import yaml
+from tqdm.auto import trange
+
 
 # --- Config ---
-
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
-    # wandb project name
-    project: str = "SAC-N-JAX"
-    # wandb group name
-    group: str = "SAC-N"
-    # wandb run name prefix; env_name and a short random id are appended at run time
-    name: str = "SAC-N"
-    # width of every hidden layer of the actor and of each critic (3 hidden layers each)
-    hidden_dim: int = 256
-    # N: number of critics in the Q-ensemble
-    num_critics: int = 10
-    # discount factor
-    gamma: float = 0.99
-    # Polyak coefficient of the target critics, applied after every update
-    tau: float = 5e-3
-    # Adam learning rate of the actor
-    actor_learning_rate: float = 3e-4
-    # Adam learning rate of the critics
-    critic_learning_rate: float = 3e-4
-    # Adam learning rate of log_alpha, the log of the entropy temperature
-    alpha_learning_rate: float = 3e-4
-    # actions are tanh-squashed and scaled to [-max_action, max_action]
-    max_action: float = 1.0
-    # D4RL name (halfcheetah-medium-v2, ...) or Minari id (mujoco/halfcheetah/medium-v0)
-    env_name: str = "halfcheetah-medium-v2"
-    # optional HDF5 file in the D4RL layout, read instead of the file env_name names
-    dataset_path: Optional[str] = None
-    # gymnasium id of the evaluation env; default: the v4 env of env_name's domain
-    eval_env: Optional[str] = None
-    # transitions per gradient update
-    batch_size: int = 256
-    # training epochs
-    num_epochs: int = 3000
-    # gradient updates per epoch (all of them run inside one jitted call)
-    num_updates_on_epoch: int = 1000
-    # episodes per evaluation
-    eval_episodes: int = 10
-    # evaluate every `eval_every` epochs (not updates), and after the last epoch
-    eval_every: int = 5
-    # seed of network init and batch sampling; seed i of a multi-seed run uses train_seed + i
-    train_seed: int = 10
-    # independent agents trained at once in one process (vmapped, sharded over devices)
-    num_seeds: int = 1
-    # true: all seeds' updates run as one batched (vmapped) program, the fastest, and seed i equals a single-seed
-    # run up to float32 rounding; false: the epoch runs the seeds one after another (lax.map) on one device,
-    # seed i bit for bit a single-seed run (XLA compiles a batched seed axis with other operand orders and fusions)
-    batch_seeds: bool = True
-    # seed of the evaluation episodes' start states (the same at every evaluation)
-    eval_seed: int = 42
-    # directory for the config, checkpoints and scores.csv; null: no checkpoints, scores in results/<run name>
-    checkpoints_path: Optional[str] = None
-    # continue the run saved in checkpoints_path, in the same wandb run, exactly as if never stopped
-    resume: bool = False
-    # only evaluate the agents saved in checkpoints_path, then exit
-    eval_only: bool = False
+    project: str = "SAC-N-JAX"  # wandb project name
+    group: str = "SAC-N"  # wandb group name
+    name: str = "SAC-N"  # wandb run name prefix; env_name and a short random id are appended at run time
+    hidden_dim: int = 256  # width of every hidden layer of the actor and of each critic (3 hidden layers each)
+    num_critics: int = 10  # N: number of critics in the Q-ensemble
+    gamma: float = 0.99  # discount factor
+    tau: float = 5e-3  # Polyak coefficient of the target critics, applied after every update
+    actor_learning_rate: float = 3e-4  # Adam learning rate of the actor
+    critic_learning_rate: float = 3e-4  # Adam learning rate of the critics
+    alpha_learning_rate: float = 3e-4  # Adam learning rate of log_alpha, the log of the entropy temperature
+    max_action: float = 1.0  # actions are tanh-squashed and scaled to [-max_action, max_action]
+    env_name: str = "halfcheetah-medium-v2"  # D4RL name, or Minari id (mujoco/halfcheetah/medium-v0)
+    dataset_path: Optional[str] = None  # HDF5 file in the D4RL layout to read instead of the one env_name names
+    eval_env: Optional[str] = None  # gymnasium id of the evaluation env; default: the v4 env of env_name's domain
+    batch_size: int = 256  # transitions per gradient update
+    num_epochs: int = 3000  # training epochs
+    num_updates_on_epoch: int = 1000  # gradient updates per epoch (all of them run inside one jitted call)
+    eval_episodes: int = 10  # episodes per evaluation
+    eval_every: int = 5  # evaluate every `eval_every` epochs (not updates), and after the last epoch
+    train_seed: int = 10  # seed of network init and batch sampling; seed i of a multi-seed run uses train_seed + i
+    num_seeds: int = 1  # independent agents trained at once in one process (vmapped, sharded over devices)
+    eval_seed: int = 42  # seed of the evaluation episodes' start states (the same at every evaluation)
+    checkpoints_path: Optional[str] = None  # directory of config, checkpoints, scores.csv; null: results/<run name>
+    resume: bool = False  # continue the run saved in checkpoints_path, in its wandb run, as if never stopped
+    eval_only: bool = False  # only evaluate the agents saved in checkpoints_path, then exit
 
 
-def fail(message: str) -> None:
-    """Stop the run with one readable line (no traceback)."""
-    raise SystemExit(f"{os.path.basename(__file__)}: error: {message}")
+FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(Config)}
+# what a command-line string or YAML value of each type must look like: pyrallis alone reads 3.5 as 3, maybe as true
+PATTERNS = {int: r"[+-]?\d+", float: r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", bool: r"(?i)true|false"}
+READERS = {int: int, float: float, bool: lambda text: text.lower() == "true"}
+COUNTS = ["hidden_dim", "num_critics", "batch_size", "num_epochs", "num_updates_on_epoch", "eval_episodes"]
+POSITIVE = ["tau", "actor_learning_rate", "critic_learning_rate", "alpha_learning_rate", "max_action"]
+# (option, holds(value, config), what the option must be): the checks of a config, before any data loads
+OPTION_CHECKS = [
+    *((name, lambda value, config: value >= 1, "at least 1") for name in [*COUNTS, "eval_every", "num_seeds"]),
+    *((name, lambda value, config: 0 < value < math.inf, "positive") for name in POSITIVE),
+    ("gamma", lambda value, config: 0 <= value <= 1, "in [0, 1]"),
+    ("tau", lambda value, config: value <= 1, "at most 1"),
+    ("train_seed", lambda value, config: 0 <= value <= 2**32 - config.num_seeds, "in [0, 2**32 - num_seeds]"),
+    ("eval_seed", lambda value, config: 0 <= value <= 2**32 - config.eval_episodes, "in [0, 2**32 - eval_episodes]"),
+    ("env_name", lambda value, config: value in D4RL_NAMES or "/" in value or config.dataset_path, "a D4RL name"),
+    ("eval_env", lambda value, config: value is None or value in gym.registry, "a gymnasium id such as Hopper-v4"),
+    ("eval_env", lambda value, config: value or "/" in config.env_name or d4rl_domain(config), "set: no D4RL domain"),
+    ("checkpoints_path", lambda value, config: value or not (config.resume or config.eval_only), "set to resume"),
+    ("checkpoints_path", lambda value, config: not (value and os.path.isfile(value)), "a directory, not a file"),
+]
 
 
-def check_option_names(names: list[str], source: str) -> None:
-    """Reject unknown names: a typo must not silently become another field."""
-    fields = {field.name for field in dataclasses.fields(Config)}
-    for name in names:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            fail(f"unknown option '{name}' in {source}; {hint}(see --help for all options)")
+def fail(message: str) -> NoReturn:
+    raise SystemExit(f"{os.path.basename(__file__)}: error: {' '.join(message.split())}")
+
+
+def parse_value(name: Any, value: Any, source: str) -> Any:
+    """A command-line string or YAML value as its field's type; exact names (argparse takes --num_critic=5)."""
+    kind, text = FIELD_TYPES.get(name), json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+    if kind is None:
+        fail(f"unknown option '{name}' in {source}: see --help for the options")
+    if not re.fullmatch(PATTERNS.get(kind, ".*"), text):
+        fail(f"option {name} must be of type {kind.__name__}, got '{text}' in {source}")
+    return None if kind is not str and text == "null" else READERS.get(kind, str)(text)
 
 
 def parse_config(args: Optional[list[str]] = None) -> Config:
-    args = sys.argv[1:] if args is None else args
-    flags = [arg[2:].split("=")[0] for arg in args if arg.startswith("--")]
-    check_option_names([flag for flag in flags if flag not in ("config_path", "help")], "the command line")
-    for index, arg in enumerate(args):
-        if arg.startswith("--config_path"):
-            path = arg.split("=", 1)[1] if "=" in arg else args[index + 1]
-            if not os.path.isfile(path):
-                fail(f"config file {path} does not exist")
-            with open(path) as file:
-                check_option_names(list(pyrallis.cfgparsing.load_config(file) or {}), path)
-    # pyrallis accepts abbreviations (--num_critic=5 would set num_critics): switch them off
-    parser = pyrallis.argparsing.ArgumentParser(config_class=Config, allow_abbrev=False)
-    config = parser.parse_args(args)
-    check_config(config)
+    """An optional YAML file (--config_path), overridden by --option=value or --option value flags."""
+    args = sys.argv[1:] if args is None else list(args)
+    if "-h" in args or "--help" in args:  # pyrallis prints every field with its comment
+        pyrallis.argparsing.ArgumentParser(config_class=Config).parse_args(["--help"])
+    flags = {}
+    while args:  # a word that is no --option becomes an unknown option below
+        name, has_value, value = args.pop(0).removeprefix("--").partition("=")
+        flags[name] = value if has_value or not args else args.pop(0)
+    path = flags.pop("config_path", None)
+    try:
+        with open(path or os.devnull) as file:
+            values = yaml.safe_load(file) if path else {}
+    except (OSError, yaml.YAMLError) as error:
+        fail(f"cannot read config file {path}: {error}")
+    if not isinstance(values, dict):
+        fail(f"config file {path} must be a mapping of option: value, not {values!r}")
+    values = {name: parse_value(name, value, path) for name, value in values.items()}
+    values.update({name: parse_value(name, value, "the command line") for name, value in flags.items()})
+    config = Config(**values)
+    for name, holds, requirement in OPTION_CHECKS:
+        if not holds(getattr(config, name), config):
+            fail(f"option {name} must be {requirement}, got {getattr(config, name)!r}")
     return config
 
 
-def check_config(config: Config) -> None:
-    positive = [
-        "hidden_dim",
-        "num_critics",
-        "batch_size",
-        "num_updates_on_epoch",
-        "eval_episodes",
-        "eval_every",
-        "num_seeds",
-    ]
-    for name in positive:
-        if getattr(config, name) < 1:
-            fail(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.num_epochs < 0:
-        fail(f"num_epochs must be at least 0, got {config.num_epochs}")
-    if not 0.0 <= config.gamma <= 1.0 or not 0.0 < config.tau <= 1.0:
-        fail(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got gamma={config.gamma}, tau={config.tau}")
-    if (config.resume or config.eval_only) and config.checkpoints_path is None:
-        fail("resume and eval_only read the run in checkpoints_path: set --checkpoints_path")
-
-
 # --- Data ---
-
-
 class Batch(NamedTuple):
     obs: jax.Array
     actions: jax.Array
@@ -166,167 +133,120 @@ class Batch(NamedTuple):
     dones: jax.Array
 
 
-# D4RL's normalised score: 100 * (return - random) / (expert - random), per domain
-D4RL_REF_MIN_SCORE = {"halfcheetah": -280.178953, "hopper": -20.272305, "walker2d": 1.629008}
-D4RL_REF_MAX_SCORE = {"halfcheetah": 12135.0, "hopper": 3234.3, "walker2d": 4592.3}
 # D4RL v2 data was collected in gym's v3 MuJoCo envs; the v4 envs have the same models on current bindings
 D4RL_EVAL_ENV = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# the returns of a random and an expert policy, for D4RL's score 100 * (return - random) / (expert - random)
+D4RL_REF_SCORES = {"halfcheetah": (-280.178953, 12135), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
 D4RL_LEVELS = ["random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"]
+D4RL_NAMES = [f"{domain}-{level}-v2" for domain in D4RL_EVAL_ENV for level in D4RL_LEVELS]
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
+D4RL_KEYS = ["observations", "actions", "rewards", "terminals", "timeouts"]
 
 
-class Task(NamedTuple):
-    """What the dataset defines besides its transitions."""
-
-    make_eval_env: Callable[[], gym.Env]
-    ref_min_score: float
-    ref_max_score: float
-
-
-def d4rl_path(env_name: str) -> str:
-    """The file d4rl itself would read, e.g. ~/.d4rl/datasets/halfcheetah_medium_replay-v2.hdf5."""
-    domain, level = env_name.removesuffix("-v2").split("-", 1)
-    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
-    return os.path.join(dataset_dir, f"{domain}_{level.replace('-', '_')}-v2.hdf5")
-
-
-def download(url: str, path: str) -> None:
-    """Download to a temporary name, then rename: an interrupted download leaves no corrupt file."""
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            size = int(response.headers.get("Content-Length", 0)) or None
-            with open(path + ".part", "wb") as file, tqdm(total=size, unit="B", unit_scale=True, desc=url) as bar:
-                while chunk := response.read(1 << 20):
-                    bar.update(file.write(chunk))
-    except (urllib.error.URLError, OSError) as error:
-        fail(
-            f"dataset file {path} is missing and downloading {url} failed ({error}); "
-            f"download it where you can and place it at {path} (or set D4RL_DATASET_DIR, or pass --dataset_path)"
-        )
-    os.replace(path + ".part", path)
+def d4rl_domain(config: Config) -> Optional[str]:
+    return next((domain for domain in D4RL_EVAL_ENV if config.env_name.startswith(f"{domain}-")), None)
 
 
 def qlearning_dataset(path: str) -> dict[str, np.ndarray]:
-    """Transitions exactly as d4rl's `qlearning_dataset`: next_obs is the following row,
-    the last row and rows flagged `timeouts` are dropped, dones = terminals."""
-    keys = ["observations", "actions", "rewards", "terminals", "timeouts"]
-    with h5py.File(path, "r") as file:
-        missing = [key for key in keys if key not in file]
-        if missing:
-            fail(f"{path} lacks {missing}: a D4RL-layout HDF5 needs the datasets {keys}")
-        data = {key: file[key][()] for key in keys}
+    """Transitions as d4rl's `qlearning_dataset`: next_obs is the next row; the last and `timeouts` rows are dropped."""
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}")
+    try:
+        with h5py.File(path, "r") as file:
+            data = {key: np.asarray(file[key]) for key in D4RL_KEYS if key in file}
+    except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, unreadable
+        fail(f"cannot read {path} as HDF5 ({error}): download it again")
+    shapes = {key: data[key].shape if key in data else "missing" for key in D4RL_KEYS}
+    ranks = [len(shape) if key in data else 0 for key, shape in shapes.items()]
+    if ranks != [2, 2, 1, 1, 1] or len({shape[0] for shape in shapes.values()}) > 1:
+        fail(f"{path} is not in the D4RL layout, [rows, dim] observations and actions, [rows] rest: it has {shapes}")
+    if flags := [key for key in ["terminals", "timeouts"] if not np.isin(data[key], (0, 1)).all()]:
+        fail(f"{path} has {flags} other than 0 and 1")
     keep = ~data["timeouts"][:-1].astype(bool)
-    return {
-        "obs": data["observations"][:-1][keep],
-        "actions": data["actions"][:-1][keep],
-        "rewards": data["rewards"][:-1][keep],
-        "next_obs": data["observations"][1:][keep],
-        "dones": data["terminals"][:-1][keep],
-    }
+    names = {"obs": "observations", "actions": "actions", "rewards": "rewards", "dones": "terminals"}
+    return {**{name: data[key][:-1][keep] for name, key in names.items()}, "next_obs": data["observations"][1:][keep]}
 
 
-def load_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], Task]:
+def load_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], Callable[[], gym.Env], tuple[float, float]]:
     import minari  # only needed for Minari ids
 
     try:
         dataset = minari.load_dataset(dataset_id)
-    except Exception as error:
+    except Exception as error:  # minari raises several kinds for a missing or unreadable dataset
         fail(f"cannot load Minari dataset {dataset_id} ({error}); get it with `minari download {dataset_id}`")
-    # Minari stores every episode's final observation, so no transition is dropped
     episodes = list(dataset.iterate_episodes())
-    transitions = {
-        "obs": np.concatenate([episode.observations[:-1] for episode in episodes]),
-        "actions": np.concatenate([episode.actions for episode in episodes]),
-        "rewards": np.concatenate([episode.rewards for episode in episodes]),
-        "next_obs": np.concatenate([episode.observations[1:] for episode in episodes]),
-        "dones": np.concatenate([episode.terminations for episode in episodes]),
-    }
+
+    def stacked(name: str, rows: slice = slice(None)) -> np.ndarray:
+        return np.concatenate([getattr(episode, name)[rows] for episode in episodes])
+
+    # every episode's final observation is stored, so no transition is dropped
+    transitions = {"obs": stacked("observations", slice(-1)), "next_obs": stacked("observations", slice(1, None))}
+    transitions.update(actions=stacked("actions"), rewards=stacked("rewards"), dones=stacked("terminations"))
     # reference scores are dataset metadata (where minari.get_normalized_score reads them), NaN if absent
-    metadata = dataset.storage.metadata
-    ref_scores = (metadata.get("ref_min_score", float("nan")), metadata.get("ref_max_score", float("nan")))
-    return transitions, Task(lambda: dataset.recover_environment(eval_env=True), *ref_scores)
+    ref_scores = (dataset.storage.metadata.get(f"ref_{end}_score", math.nan) for end in ("min", "max"))
+    return transitions, lambda: dataset.recover_environment(eval_env=True), tuple(ref_scores)
 
 
-def load_task(config: Config) -> tuple[dict[str, np.ndarray], Task]:
-    """The transitions (host arrays) and the eval env and reference scores of config.env_name."""
-    if "/" in config.env_name and config.dataset_path is None:
-        return load_minari(config.env_name)
-    domain = config.env_name.split("-")[0]
-    eval_env = config.eval_env or D4RL_EVAL_ENV.get(domain)
-    if eval_env is None:
-        fail(f"no default eval env for env_name {config.env_name}: set --eval_env (a gymnasium id)")
-    if config.dataset_path is not None:
-        path = config.dataset_path
-        if not os.path.isfile(path):
-            fail(f"dataset_path {path} does not exist")
+def load_task(config: Config) -> tuple[Batch, Callable[[], gym.Env], tuple[float, float]]:
+    """The dataset on the device, the eval env's constructor and the reference scores, or one line on what is wrong."""
+    if minari := "/" in config.env_name and config.dataset_path is None:
+        transitions, make_env, ref_scores = load_minari(config.env_name)
     else:
-        if config.env_name not in [f"{d}-{level}-v2" for d in D4RL_EVAL_ENV for level in D4RL_LEVELS]:
-            fail(f"unknown D4RL dataset {config.env_name}: use e.g. halfcheetah-medium-v2, or set --dataset_path")
-        path = d4rl_path(config.env_name)
-        if not os.path.isfile(path):
-            download(D4RL_URL.format(os.path.basename(path)), path)
-    nan = float("nan")  # datasets outside the three D4RL domains have no reference scores
-    task = Task(partial(gym.make, eval_env), D4RL_REF_MIN_SCORE.get(domain, nan), D4RL_REF_MAX_SCORE.get(domain, nan))
-    return qlearning_dataset(path), task
-
-
-def check_dataset(transitions: dict[str, np.ndarray], env: gym.Env, config: Config) -> None:
-    """Fail before any compile if the data cannot train an agent for `env`."""
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    dataset_size, dataset_obs_dim = transitions["obs"].shape
-    dataset_action_dim = transitions["actions"].shape[1]
-    if (dataset_obs_dim, dataset_action_dim) != (obs_dim, action_dim):
-        fail(
-            f"dataset has obs/action dims {dataset_obs_dim}/{dataset_action_dim} but eval env "
-            f"{env.spec.id} has {obs_dim}/{action_dim}: check env_name, dataset_path and eval_env"
-        )
-    if config.batch_size > dataset_size:
-        fail(f"batch_size {config.batch_size} is larger than the dataset ({dataset_size} transitions)")
-
-
-def to_device(transitions: dict[str, np.ndarray]) -> Batch:
-    return Batch(**{key: jnp.asarray(value, dtype=jnp.float32) for key, value in transitions.items()})
-
-
-def take_rows(dataset: Batch, indices: jax.Array) -> Batch:
-    return jax.tree.map(lambda array: array[indices], dataset)
-
-
-def sample_batch(key: jax.Array, dataset: Batch, batch_size: int) -> Batch:
-    return take_rows(dataset, jax.random.randint(key, (batch_size,), 0, dataset.rewards.shape[0]))
+        # the file d4rl itself reads, e.g. ~/.d4rl/datasets/halfcheetah_medium_replay-v2.hdf5
+        file_name = config.env_name.replace("-", "_").replace("_v2", "-v2.hdf5")
+        dataset_dir = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
+        path = config.dataset_path or os.path.join(dataset_dir, file_name)
+        if config.dataset_path is None and not os.path.exists(path):
+            url = D4RL_URL.format(os.path.basename(path))
+            print(f"downloading {url} to {path}")
+            try:  # to a temporary name, then renamed: an interrupted download leaves no corrupt file
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(urllib.request.urlretrieve(url, path + ".part")[0], path)
+            except OSError as error:  # urllib's URLError is an OSError
+                fail(f"{path} is missing and downloading {url} failed ({error}): put it there, or set D4RL_DATASET_DIR")
+        domain = d4rl_domain(config)  # no reference scores outside the three D4RL domains
+        make_env, ref_scores = partial(gym.make, config.eval_env or D4RL_EVAL_ENV[domain]), D4RL_REF_SCORES.get(domain)
+        transitions, ref_scores = qlearning_dataset(path), ref_scores or (0.0, math.nan)
+    source, env = f"Minari dataset {config.env_name}" if minari else path, make_env()
+    dims, env_dims = [transitions["obs"].shape[1], transitions["actions"].shape[1]], [*env.observation_space.shape]
+    if dims != (env_dims := env_dims + [*env.action_space.shape]):
+        fail(f"{source} has obs/action dims {dims} but eval env {env.spec.id} has {env_dims}: check env_name, eval_env")
+    if not_finite := [key for key, array in transitions.items() if not np.isfinite(array).all()]:
+        fail(f"{source} has NaN or inf values in {not_finite}")
+    if config.batch_size > len(transitions["rewards"]):
+        fail(f"batch_size {config.batch_size} is larger than the dataset ({len(transitions['rewards'])} transitions)")
+    if (outside := np.abs(actions := transitions["actions"]) > config.max_action).any():  # only the critic sees them
+        where = f"{outside.sum()} of {outside.size} action values in {source} are outside [-max_action, max_action]"
+        print(f"warning: {where}, in [{actions.min():.3g}, {actions.max():.3g}]: check max_action", file=sys.stderr)
+    dataset = Batch(**{key: jnp.asarray(value, dtype=jnp.float32) for key, value in transitions.items()})
+    return dataset, make_env, ref_scores
 
 
 # --- Networks ---
-
-
 def uniform_init(bound: float) -> Callable:
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-# PyTorch's default Linear init, U(+-1/sqrt(fan_in)), as the EDAC and CORL code use
+# EDAC's init in the actor and every critic layer: hidden kernels U(+-1/sqrt(fan_in)) (torch's nn.Linear), hidden
+# biases 0.1, small uniform output layers. CORL's critic differs in its first layer: its VectorizedLinear holds
+# [in, out] weights, so torch takes fan_in = hidden_dim there, U(+-1/16) at 256.
 torch_kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-# EDAC's init: hidden biases 0.1, small uniform output layers
 hidden_bias_init = jax.nn.initializers.constant(0.1)
 
 
 class Dense(eqx.Module):
-    """Flax's Dense, kernel [in_dim, out_dim]; the fields in Flax's (sorted) order, so both files flatten alike."""
+    """Flax's Dense (kernel [in_dim, out_dim], fields in Flax's order: both files flatten alike), EDAC's init."""
 
     bias: jax.Array
     kernel: jax.Array
 
-    def __init__(self, key: jax.Array, in_dim: int, out_dim: int, kernel_init: Callable, bias_init: Callable) -> None:
+    def __init__(self, key: jax.Array, in_dim: int, out_dim: int, bound: Optional[float] = None) -> None:
+        kernel_init, bias_init = (uniform_init(bound),) * 2 if bound else (torch_kernel_init, hidden_bias_init)
         kernel_key, bias_key = jax.random.split(key)
         self.bias, self.kernel = bias_init(bias_key, (out_dim,)), kernel_init(kernel_key, (in_dim, out_dim))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.kernel + self.bias
-
-
-def hidden_layers(key: jax.Array, in_dim: int, hidden_dim: int) -> list[Dense]:
-    keys, in_dims = jax.random.split(key, 3), [in_dim, hidden_dim, hidden_dim]
-    return [Dense(key, dim, hidden_dim, torch_kernel_init, hidden_bias_init) for key, dim in zip(keys, in_dims)]
 
 
 class Actor(eqx.Module):
@@ -335,18 +255,16 @@ class Actor(eqx.Module):
     log_std: Dense
 
     def __init__(self, key: jax.Array, obs_dim: int, action_dim: int, hidden_dim: int) -> None:
-        hidden_key, mean_key, log_std_key = jax.random.split(key, 3)
-        self.hidden = hidden_layers(hidden_key, obs_dim, hidden_dim)
-        self.mean = Dense(mean_key, hidden_dim, action_dim, uniform_init(1e-3), uniform_init(1e-3))
-        self.log_std = Dense(log_std_key, hidden_dim, action_dim, uniform_init(1e-3), uniform_init(1e-3))
+        keys = jax.random.split(key, 5)
+        self.hidden = [Dense(key, dim, hidden_dim) for key, dim in zip(keys, [obs_dim, hidden_dim, hidden_dim])]
+        self.mean, self.log_std = (Dense(key, hidden_dim, action_dim, bound=1e-3) for key in keys[3:])
 
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = obs
         for layer in self.hidden:
             x = jax.nn.relu(layer(x))
-        mean, log_std = self.mean(x), self.log_std(x)
         # clipped as in the EDAC and CORL code, so the policy neither collapses nor explodes
-        return mean, jnp.clip(log_std, -5.0, 2.0)
+        return self.mean(x), jnp.clip(self.log_std(x), -5.0, 2.0)
 
 
 class Critic(eqx.Module):
@@ -354,84 +272,74 @@ class Critic(eqx.Module):
     output: Dense
 
     def __init__(self, key: jax.Array, obs_dim: int, action_dim: int, hidden_dim: int) -> None:
-        hidden_key, output_key = jax.random.split(key)
-        self.hidden = hidden_layers(hidden_key, obs_dim + action_dim, hidden_dim)
-        self.output = Dense(output_key, hidden_dim, 1, uniform_init(3e-3), uniform_init(3e-3))
+        keys, dims = jax.random.split(key, 4), [obs_dim + action_dim, hidden_dim, hidden_dim]
+        self.hidden = [Dense(key, dim, hidden_dim) for key, dim in zip(keys, dims)]
+        self.output = Dense(keys[3], hidden_dim, 1, bound=3e-3)
 
     def __call__(self, obs: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([obs, actions], axis=-1)
         for layer in self.hidden:
             x = jax.nn.relu(layer(x))
-        q_values = self.output(x)
-        return q_values.squeeze(-1)
+        return self.output(x).squeeze(-1)
 
 
-class EnsembleCritic(eqx.Module):
-    """N independent critics with stacked parameters: one batched matmul per layer."""
-
-    critics: Critic  # every array has a leading num_critics axis
-
-    def __init__(self, key: jax.Array, obs_dim: int, action_dim: int, hidden_dim: int, num_critics: int) -> None:
-        # the constructor vmapped over N keys (the ints are not mapped): N independently initialised critics
-        self.critics = eqx.filter_vmap(Critic)(jax.random.split(key, num_critics), obs_dim, action_dim, hidden_dim)
-
-    def __call__(self, obs: jax.Array, actions: jax.Array) -> jax.Array:
-        ensemble = eqx.filter_vmap(Critic.__call__, in_axes=(0, None, None))
-        return ensemble(self.critics, obs, actions)  # [num_critics, batch_size]
+# N critics with their arrays stacked on a leading axis: one batched matmul per layer, Q-values [num_critics, batch]
+ensemble_apply = jax.vmap(Critic.__call__, in_axes=(0, None, None))
 
 
 # --- Train state ---
-
-
 class TrainState(eqx.Module):
-    """Flax's TrainState API. `params` is the network itself, an eqx.Module whose leaves are all arrays:
-    `params(obs)` applies it, and jax.grad, jax.jit and jax.tree treat it as they treat Flax's params."""
+    """Flax's TrainState as this file uses it; `params` is the network (an eqx.Module), `apply_fn` its __call__."""
 
     step: jax.Array
+    apply_fn: Optional[Callable] = eqx.field(static=True)
     params: Any
     tx: optax.GradientTransformation = eqx.field(static=True)
     opt_state: optax.OptState
+    target_params: Any = None  # the critic's target network
 
     @classmethod
-    def create(cls, *, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> "TrainState":
+    def create(cls, *, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> Any:
         return cls(step=jnp.array(0), params=params, tx=tx, opt_state=tx.init(params), **kwargs)
 
-    def apply_gradients(self, *, grads: Any) -> "TrainState":
+    def apply_gradients(self, *, grads: Any) -> Any:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state)
-
-    def replace(self, **changes: Any) -> "TrainState":
-        return dataclasses.replace(self, **changes)
+        params = optax.apply_updates(self.params, updates)
+        return dataclasses.replace(self, step=self.step + 1, params=params, opt_state=opt_state)
 
 
-class CriticTrainState(TrainState):
-    target_params: Any
+class SACNState(NamedTuple):
+    actor: TrainState
+    critic: TrainState
+    log_alpha: TrainState  # the log of the entropy temperature alpha, and its optimizer
+    key: jax.Array
 
 
-def create_train_states(key: jax.Array, obs_dim: int, action_dim: int, config: Config) -> tuple:
-    actor_key, critic_key = jax.random.split(key)
-    actor = TrainState.create(
-        params=Actor(actor_key, obs_dim, action_dim, config.hidden_dim),
-        tx=optax.adam(config.actor_learning_rate),
-    )
-    critic_params = EnsembleCritic(critic_key, obs_dim, action_dim, config.hidden_dim, config.num_critics)
-    critic = CriticTrainState.create(
-        params=critic_params,
-        # a copy, not an alias: train_epoch donates the buffers of its state
-        target_params=jax.tree.map(jnp.copy, critic_params),
-        tx=optax.adam(config.critic_learning_rate),
-    )
-    # log_alpha starts at 0 (alpha = 1), as in CORL
-    alpha = TrainState.create(params={"log_alpha": jnp.array(0.0)}, tx=optax.adam(config.alpha_learning_rate))
-    return actor, critic, alpha
+def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
+    """One agent per seed, stacked on a leading [num_seeds] axis; seed i starts as a run with train_seed + i."""
+
+    def create(seed: jax.Array) -> SACNState:
+        actor_key, critic_key, key = jax.random.split(jax.random.PRNGKey(seed), 3)
+        actor_params = Actor(actor_key, obs_dim, action_dim, config.hidden_dim)
+        # N independent critics: the constructor vmapped over N keys (the dims are not mapped)
+        critic_keys = jax.random.split(critic_key, config.num_critics)
+        critic_params = eqx.filter_vmap(Critic)(critic_keys, obs_dim, action_dim, config.hidden_dim)
+        actor_tx, critic_tx = optax.adam(config.actor_learning_rate), optax.adam(config.critic_learning_rate)
+        actor = TrainState.create(apply_fn=Actor.__call__, params=actor_params, tx=actor_tx)
+        target = jax.tree.map(jnp.copy, critic_params)  # a copy: train_epoch donates its state's buffers
+        critic = TrainState.create(apply_fn=ensemble_apply, params=critic_params, target_params=target, tx=critic_tx)
+        # log_alpha starts at 0 (alpha = 1), as in CORL
+        alpha_tx, log_alpha = optax.adam(config.alpha_learning_rate), {"log_alpha": jnp.array(0.0)}
+        log_alpha = TrainState.create(apply_fn=None, params=log_alpha, tx=alpha_tx)
+        return SACNState(actor, critic, log_alpha, key)
+
+    state = jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)  # strong dtypes: one compile per run
 
 
 # --- Policy ---
-
-
 def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_action: float) -> tuple:
-    """Reparameterised tanh-Gaussian sample from standard normal `noise` (shaped as `mean`), scaled to
-    [-max_action, max_action], and its log-prob."""
+    """A reparameterised tanh-Gaussian sample from standard normal `noise`, scaled to max_action, and its log-prob."""
     pre_tanh = mean + jnp.exp(log_std) * noise
     gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)): exact and stable, where CORL's
@@ -442,32 +350,28 @@ def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_act
 
 
 # --- Updates ---
+def update_alpha(policy_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
+    mean, log_std = state.actor.apply_fn(state.actor.params, batch.obs)
+    # the actor update's sample, where CORL draws another: the same in expectation, one forward pass fewer
+    _, log_probs = sample_action(policy_noise, mean, log_std, config.max_action)
+    target_entropy = -batch.actions.shape[-1]  # SAC's heuristic -dim(A), as CORL
+
+    def alpha_loss_fn(params: dict[str, jax.Array]) -> jax.Array:
+        return -(params["log_alpha"] * (log_probs + target_entropy)).mean()
+
+    loss, grads = jax.value_and_grad(alpha_loss_fn)(state.log_alpha.params)
+    log_alpha = state.log_alpha.apply_gradients(grads=grads)
+    return log_alpha, {"alpha_loss": loss, "alpha": jnp.exp(log_alpha.params["log_alpha"])}
 
 
-def update_alpha(
-    noise: jax.Array, actor: TrainState, alpha: TrainState, batch: Batch, max_action: float
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    mean, log_std = actor.params(batch.obs)
-    # the actor update's noise: both losses see one policy sample, and XLA merges the two identical
-    # actor forward passes into one (the compiled update has as many matmuls without this one)
-    _, log_probs = sample_action(noise, mean, log_std, max_action)
-    target_entropy = -batch.actions.shape[-1]
+def update_actor(policy_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
+    actor, critic, alpha = state.actor, state.critic, jnp.exp(state.log_alpha.params["log_alpha"])
 
-    def alpha_loss_fn(alpha_params: dict[str, jax.Array]) -> jax.Array:
-        return -(alpha_params["log_alpha"] * (log_probs + target_entropy)).mean()
-
-    loss, grads = jax.value_and_grad(alpha_loss_fn)(alpha.params)
-    alpha = alpha.apply_gradients(grads=grads)
-    return alpha, {"alpha_loss": loss, "alpha": jnp.exp(alpha.params["log_alpha"])}
-
-
-def update_actor(
-    noise: jax.Array, actor: TrainState, critic: CriticTrainState, alpha: jax.Array, batch: Batch, max_action: float
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    def actor_loss_fn(actor_params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        mean, log_std = actor_params(batch.obs)
-        actions, log_probs = sample_action(noise, mean, log_std, max_action)
-        q_values = critic.params(batch.obs, actions)  # [num_critics, batch_size]
+    def actor_loss_fn(actor_params: Any) -> tuple[jax.Array, dict]:
+        mean, log_std = actor.apply_fn(actor_params, batch.obs)
+        actions, log_probs = sample_action(policy_noise, mean, log_std, config.max_action)
+        q_values = critic.apply_fn(critic.params, batch.obs, actions)  # [num_critics, batch_size]
+        # the minimum over N critics is SAC-N's pessimism, stronger where the ensemble disagrees
         loss = (alpha * log_probs - q_values.min(axis=0)).mean()
         # population std over the ensemble (0 for N=1); CORL's torch.std is the sample std
         info = {"actor_loss": loss, "batch_entropy": -log_probs.mean(), "q_policy_std": q_values.std(axis=0).mean()}
@@ -477,361 +381,213 @@ def update_actor(
     return actor.apply_gradients(grads=grads), info
 
 
-def update_critic(
-    next_noise: jax.Array,
-    actor: TrainState,
-    critic: CriticTrainState,
-    alpha: jax.Array,
-    batch: Batch,
-    gamma: float,
-    max_action: float,
-) -> tuple[CriticTrainState, dict[str, jax.Array]]:
-    mean, log_std = actor.params(batch.next_obs)
-    next_actions, next_log_probs = sample_action(next_noise, mean, log_std, max_action)
-    next_q_values = critic.target_params(batch.next_obs, next_actions)  # [num_critics, batch_size]
+def update_critic(next_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
+    actor, critic, alpha = state.actor, state.critic, jnp.exp(state.log_alpha.params["log_alpha"])
+    mean, log_std = actor.apply_fn(actor.params, batch.next_obs)
+    next_actions, next_log_probs = sample_action(next_noise, mean, log_std, config.max_action)
+    next_q_values = critic.apply_fn(critic.target_params, batch.next_obs, next_actions)  # [num_critics, batch_size]
+    # one target for all critics, from the minimum over the target ensemble (the paper's Eq. 3)
     next_values = next_q_values.min(axis=0) - alpha * next_log_probs
-    targets = batch.rewards + gamma * (1.0 - batch.dones) * next_values
+    targets = batch.rewards + config.gamma * (1.0 - batch.dones) * next_values
 
     def critic_loss_fn(critic_params: Any) -> jax.Array:
-        q_values = critic_params(batch.obs, batch.actions)  # [num_critics, batch_size]
+        q_values = critic.apply_fn(critic_params, batch.obs, batch.actions)  # [num_critics, batch_size]
         # MSE over the batch, summed over critics (CORL): each critic's gradient does not shrink with N
         return ((q_values - targets) ** 2).mean(axis=1).sum()
 
     loss, grads = jax.value_and_grad(critic_loss_fn)(critic.params)
-    return critic.apply_gradients(grads=grads), {"critic_loss": loss}
-
-
-def update_target(critic: CriticTrainState, tau: float) -> CriticTrainState:
-    return critic.replace(target_params=optax.incremental_update(critic.params, critic.target_params, tau))
-
-
-def random_action_q_std(key: jax.Array, critic: CriticTrainState, batch: Batch, max_action: float) -> jax.Array:
-    """Ensemble spread on uniform random actions: large when the critics disagree off the data."""
-    actions = jax.random.uniform(key, batch.actions.shape, minval=-max_action, maxval=max_action)
-    return critic.params(batch.obs, actions).std(axis=0).mean()  # [num_critics, batch_size] -> ()
+    critic = critic.apply_gradients(grads=grads)
+    target_params = optax.incremental_update(critic.params, critic.target_params, config.tau)  # Polyak averaging
+    return dataclasses.replace(critic, target_params=target_params), {"critic_loss": loss}
 
 
 # --- Training epoch ---
-
-
-class SACNState(NamedTuple):
-    actor: TrainState
-    critic: CriticTrainState
-    alpha: TrainState
-    key: jax.Array
-
-
-class UpdateNoise(NamedTuple):
-    """The random numbers of one update (stacked on a leading [num_updates_on_epoch] axis for an epoch)."""
-
+class UpdateDraws(NamedTuple):  # the random numbers of one update; an epoch's on a leading [num_updates_on_epoch] axis
     indices: jax.Array  # [batch_size] the dataset rows of the batch
     policy_noise: jax.Array  # [batch_size, action_dim] standard normal: the policy's actions on obs
     next_noise: jax.Array  # [batch_size, action_dim] standard normal: its actions on next_obs
 
 
-def draw_epoch_noise(key: jax.Array, dataset: Batch, config: Config) -> UpdateNoise:
-    """Every update's random numbers for one epoch, in three calls before the update loop rather than
-    a few inside each update: on a CPU, XLA runs each threefry call as a rolled loop of small kernels,
-    two thirds of the kernels of a small-network update (README.md, "Speed"). Memory: (1 + 2 *
-    action_dim) * batch_size * num_updates_on_epoch numbers per seed, 13 MB for halfcheetah's defaults."""
+def draw_epoch(key: jax.Array, dataset: Batch, config: Config) -> UpdateDraws:
+    """Every update's random numbers of an epoch, before the update loop (faster, benchmarks/README.md): 13 MB."""
     index_key, policy_key, next_key = jax.random.split(key, 3)
     shape = (config.num_updates_on_epoch, config.batch_size)
-    noise_shape = (*shape, dataset.actions.shape[-1])
-    return UpdateNoise(
+    return UpdateDraws(
         indices=jax.random.randint(index_key, shape, 0, dataset.rewards.shape[0]),
-        policy_noise=jax.random.normal(policy_key, noise_shape),
-        next_noise=jax.random.normal(next_key, noise_shape),
+        policy_noise=jax.random.normal(policy_key, (*shape, dataset.actions.shape[-1])),
+        next_noise=jax.random.normal(next_key, (*shape, dataset.actions.shape[-1])),
     )
 
 
-def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
-    """One agent per seed, stacked on a leading [num_seeds] axis. Seed i starts from
-    train_seed + i, bit for bit as a single-seed run with that train_seed (see batch_seeds)."""
-
-    def create(seed: jax.Array) -> SACNState:
-        init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-        return SACNState(*create_train_states(init_key, obs_dim, action_dim, config), train_key)
-
-    state = jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
-    # strong dtypes only: a weakly typed leaf (the step counters start as Python ints) comes back
-    # from the first epoch strongly typed, and the changed argument types would recompile the epoch
-    return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)
-
-
-def update_sac_n(
-    state: SACNState, dataset: Batch, noise: UpdateNoise, config: Config
-) -> tuple[SACNState, dict[str, jax.Array]]:
-    batch = take_rows(dataset, noise.indices)
-    # CORL's order, alpha -> actor -> critic, which it found better than critic -> actor -> alpha
-    alpha, alpha_info = update_alpha(noise.policy_noise, state.actor, state.alpha, batch, config.max_action)
-    alpha_value = jnp.exp(alpha.params["log_alpha"])
-    actor, actor_info = update_actor(
-        noise.policy_noise, state.actor, state.critic, alpha_value, batch, config.max_action
-    )
-    critic, critic_info = update_critic(
-        noise.next_noise, actor, state.critic, alpha_value, batch, config.gamma, config.max_action
-    )
-    critic = update_target(critic, config.tau)
-    return SACNState(actor, critic, alpha, state.key), {**alpha_info, **actor_info, **critic_info}
-
-
-def scan_updates(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
-    """One agent's epoch: `config.num_updates_on_epoch` updates in one loop; metrics are epoch means."""
-    key, noise_key, batch_key, random_key = jax.random.split(state.key, 4)
-    epoch_noise = draw_epoch_noise(noise_key, dataset, config)
-    state, infos = jax.lax.scan(lambda state, noise: update_sac_n(state, dataset, noise, config), state, epoch_noise)
-    metrics = jax.tree.map(jnp.mean, infos)
-    batch = sample_batch(batch_key, dataset, config.batch_size)
-    # a diagnostic, so one batch per epoch rather than a critic pass in every update
-    metrics["q_random_std"] = random_action_q_std(random_key, state.critic, batch, config.max_action)
-    return state._replace(key=key), metrics
+def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: Config) -> tuple[SACNState, dict]:
+    batch = jax.tree.map(lambda array: array[draws.indices], dataset)
+    # alpha -> actor -> critic, each seeing the updates before it: EDAC's order, better than critic first (CORL)
+    log_alpha, alpha_info = update_alpha(draws.policy_noise, state, batch, config)
+    actor, actor_info = update_actor(draws.policy_noise, state := state._replace(log_alpha=log_alpha), batch, config)
+    critic, critic_info = update_critic(draws.next_noise, state := state._replace(actor=actor), batch, config)
+    return state._replace(critic=critic), {**alpha_info, **actor_info, **critic_info}
 
 
 @partial(jax.jit, static_argnames="config", donate_argnames="state")
-def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict[str, jax.Array]]:
-    """An epoch of every seed's agent in one compiled call, vmapped over the seed axis (or, with
-    batch_seeds=false, looped over it: each seed then runs the single-seed program); the dataset is an
-    argument (a captured array would be baked into the program) shared by all seeds."""
-    seed_epoch = partial(scan_updates, dataset=dataset, config=config)
-    if config.batch_seeds and config.num_seeds > 1:
-        return jax.vmap(seed_epoch)(state)
-    # one seed loops once too: a single-seed run is then the very program each seed of batch_seeds=false runs
-    return jax.lax.map(seed_epoch, state)
+def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict]:
+    """Every seed's epoch in one compiled call; the dataset is an argument (a captured one would be compiled in)."""
+
+    def agent_epoch(state: SACNState) -> tuple[SACNState, dict]:
+        key, draws_key, random_key = jax.random.split(state.key, 3)
+        epoch_draws = draw_epoch(draws_key, dataset, config)
+        state, infos = jax.lax.scan(partial(update_sac_n, dataset=dataset, config=config), state, epoch_draws)
+        # the ensemble's spread on random actions, large where the critics disagree off the data, on one batch
+        obs, shape = dataset.obs[epoch_draws.indices[-1]], epoch_draws.policy_noise.shape[1:]
+        random_actions = jax.random.uniform(random_key, shape, minval=-config.max_action, maxval=config.max_action)
+        q_values = state.critic.apply_fn(state.critic.params, obs, random_actions)  # [num_critics, batch_size]
+        return state._replace(key=key), {**jax.tree.map(jnp.mean, infos), "q_random_std": q_values.std(0).mean()}
+
+    return jax.vmap(agent_epoch)(state)
 
 
 def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
     """Split the seed axis over the devices (one seed group per GPU); every device holds the dataset."""
     num_devices = math.gcd(num_seeds, jax.device_count())
-    if num_devices == 1:  # XLA would return the state unsharded, and the next epoch would recompile
+    if num_devices == 1:  # a one-device sharding would only change the state's type and recompile the epoch
         return state, dataset
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("seeds",))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds")))
-    dataset = jax.device_put(dataset, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    return state, dataset
+    return state, jax.device_put(dataset, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 # --- Evaluation ---
-
-
 @jax.jit
 def deterministic_action(actor: TrainState, obs: jax.Array, max_action: float) -> jax.Array:
     """Every seed's tanh(mean) action; obs is [num_seeds, num_envs, obs_dim]."""
-    mean, _ = jax.vmap(Actor.__call__)(actor.params, obs)
+    mean, _ = jax.vmap(actor.apply_fn)(actor.params, obs)
     return jnp.tanh(mean) * max_action
 
 
-def evaluate(actor: TrainState, envs: list[list[gym.Env]], seed: int, max_action: float) -> np.ndarray:
-    """One episode per env, envs[i][j] for seed i's agent; all are stepped in lockstep so the actor
-    runs once per step, and every seed sees the same start states. Returns [num_seeds, num_episodes]."""
-    obs = np.stack([[env.reset(seed=seed + index)[0] for index, env in enumerate(row)] for row in envs])
+def evaluate(actor: TrainState, envs: list, ref_scores: tuple, config: Config) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One episode per env, envs[i][j] for seed i, all stepped in lockstep (the actor runs once per step) and every
+    seed from the same start states: the metrics, and the returns and D4RL scores [num_seeds, num_episodes]."""
+    obs = np.stack([[env.reset(seed=config.eval_seed + index)[0] for index, env in enumerate(row)] for row in envs])
     returns, done = np.zeros(obs.shape[:2]), np.zeros(obs.shape[:2], dtype=bool)
     while not done.all():
-        actions = np.asarray(deterministic_action(actor, obs, max_action))
+        actions = np.asarray(deterministic_action(actor, obs, config.max_action))
         for i, j in zip(*np.nonzero(~done)):
             obs[i, j], reward, terminated, truncated, _ = envs[i][j].step(actions[i, j])
             returns[i, j] += reward
             done[i, j] = terminated or truncated
-    return returns
-
-
-def normalized_score(returns: np.ndarray, task: Task) -> np.ndarray:
-    return 100 * (returns - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
-
-
-def eval_metrics(returns: np.ndarray, task: Task, seeds: list[int]) -> dict[str, float]:
-    """Means and stds over all episodes of all seeds; with several seeds, also each seed's
-    scores and the std of the seed means (the paper's "mean +- std over seeds")."""
-    scores = normalized_score(returns, task)
-    metrics = {
-        "eval/return_mean": returns.mean(),
-        "eval/return_std": returns.std(),
-        "eval/normalized_score_mean": scores.mean(),
-        "eval/normalized_score_std": scores.std(),
-    }
-    if len(seeds) > 1:
+    scores = 100 * (returns - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
+    metrics = {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()}
+    metrics.update({"eval/normalized_score_mean": scores.mean(), "eval/normalized_score_std": scores.std()})
+    if config.num_seeds > 1:  # the std of the seeds' means: the paper's "mean +- std over seeds"
         metrics["eval/normalized_score_seed_std"] = scores.mean(axis=1).std()
-        for seed, seed_returns, seed_scores in zip(seeds, returns, scores):
-            metrics[f"eval/seed_{seed}/return_mean"] = seed_returns.mean()
-            metrics[f"eval/seed_{seed}/normalized_score_mean"] = seed_scores.mean()
-    return metrics
-
-
-# --- Checkpoints and results ---
-
-
-@dataclass
-class RunInfo:
-    """What a resumed run needs besides the train state."""
-
-    name: str
-    wandb_id: str
-    epoch: int = 0
-    # seconds spent training, summed over resumed sessions: the x-axis of score vs wall-clock plots
-    train_seconds: float = 0.0
-
-
-def save_checkpoint(directory: str, state: SACNState, run: RunInfo) -> None:
-    """Every array of the train state (parameters, optimizer states, RNG keys) and the run info,
-    written to a temporary name then renamed, so a kill mid-write never corrupts the last good one."""
-    path = os.path.join(directory, "checkpoint.npz")
-    with open(path + ".tmp", "wb") as file:
-        np.savez(file, *jax.device_get(jax.tree.leaves(state)), run=json.dumps(dataclasses.asdict(run)))
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, RunInfo]:
-    """The train state saved in `directory`, shaped like `template` (a freshly made state)."""
-    path = os.path.join(directory, "checkpoint.npz")
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}: train with --checkpoints_path={directory} first")
-    template_leaves, treedef = jax.tree.flatten(template)
-    with np.load(path) as data:
-        leaves = [data[f"arr_{index}"] for index in range(len(template_leaves))]
-        run = RunInfo(**json.loads(str(data["run"])))
-    for leaf, template_leaf in zip(leaves, template_leaves):
-        if leaf.shape != template_leaf.shape:
-            fail(f"checkpoint {path} does not match the config: array shape {leaf.shape}, want {template_leaf.shape}")
-    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), run
-
-
-def check_resumable(config: Config) -> None:
-    """Resuming with other hyperparameters would silently splice two different runs."""
-    path = os.path.join(config.checkpoints_path, "config.yaml")
-    if not os.path.isfile(path):
-        fail(f"no saved run in {config.checkpoints_path} (no config.yaml): train with --checkpoints_path first")
-    with open(path) as file:
-        saved = pyrallis.cfgparsing.load_config(file)
-    # what only changes when the run ends or how it is evaluated
-    may_change = {"num_epochs", "resume", "eval_only", "checkpoints_path", "eval_episodes", "eval_every", "eval_seed"}
-    changed = [name for name, value in dataclasses.asdict(config).items() if name not in may_change]
-    changed = [name for name in changed if saved.get(name) != getattr(config, name)]
-    if changed:
-        fail(
-            f"config differs from the saved run in {config.checkpoints_path} in {changed}: resume with the same values"
-        )
-
-
-def append_scores(path: str, run: RunInfo, seeds: list[int], returns: np.ndarray, task: Task) -> None:
-    """One CSV row per seed and evaluation: the results of a run without wandb."""
-    scores = normalized_score(returns, task)
-    new_file = not os.path.isfile(path)
-    with open(path, "a", newline="") as file:
-        writer = csv.writer(file)
-        if new_file:
-            writer.writerow(["epoch", "seed", "train_seconds", "return_mean", "return_std", "score_mean", "score_std"])
-        for seed, seed_returns, seed_scores in zip(seeds, returns, scores):
-            writer.writerow(
-                [run.epoch, seed, f"{run.train_seconds:.2f}", seed_returns.mean(), seed_returns.std()]
-                + [seed_scores.mean(), seed_scores.std()]
-            )
-
-
-def summarize_scores(path: str) -> str:
-    """CORL's two numbers: the last and the best normalised score, mean +- std over seeds."""
-    with open(path) as file:
-        rows = list(csv.DictReader(file))
-    by_seed: dict[str, list[float]] = {}
-    for row in rows:
-        by_seed.setdefault(row["seed"], []).append(float(row["score_mean"]))
-    last = np.array([scores[-1] for scores in by_seed.values()])
-    best = np.array([max(scores) for scores in by_seed.values()])
-    return (
-        f"normalized score over {len(by_seed)} seed(s): last {last.mean():.1f} +- {last.std():.1f}, "
-        f"best {best.mean():.1f} +- {best.std():.1f} (scores in {path})"
-    )
+    return metrics, returns, scores
 
 
 # --- Main ---
+def write_file(path: str, content: Any) -> None:
+    """Bytes, or what content(file) writes, via a temporary file: a kill or a full disk leaves no half-written file."""
+    try:
+        with open(path + ".tmp", "wb") as file:
+            content(file) if callable(content) else file.write(content)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        fail(f"cannot write {path} ({error}); the run stopped, its last complete files are kept")
 
 
-class StopRequest:
-    """SIGINT/SIGTERM become a flag read after each epoch, so the run checkpoints before it exits."""
-
-    def __init__(self) -> None:
-        self.signal_name: Optional[str] = None
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signal_number, self.request)
-
-    def request(self, signal_number: int, frame: Any) -> None:
-        if self.signal_name is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signal_number).name
+def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
+    leaves = jax.device_get(jax.tree.leaves(state))
+    write_file(f"{directory}/checkpoint.npz", lambda file: np.savez(file, *leaves, run=json.dumps(run)))
 
 
-def check_finite(metrics: dict[str, np.ndarray], epoch: int, seeds: list[int], config: Config) -> None:
-    for name, values in metrics.items():
-        bad_seeds = [seed for seed, value in zip(seeds, values) if not np.isfinite(value)]
-        if bad_seeds:
-            kept = f"; the last good checkpoint is in {config.checkpoints_path}" if config.checkpoints_path else ""
-            fail(f"non-finite {name} at epoch {epoch}, seed {bad_seeds[0]}: training stopped{kept}")
+def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, dict]:
+    path, (template_leaves, treedef) = f"{directory}/checkpoint.npz", jax.tree.flatten(template)
+    try:
+        with np.load(path) as data:
+            leaves, run = [data[f"arr_{index}"] for index in range(len(template_leaves))], json.loads(str(data["run"]))
+    except Exception as error:  # np.load raises many kinds for a damaged file
+        fail(f"cannot read checkpoint {path} ({error}): continue from a copy of it, or start a fresh run")
+    if [(leaf.shape, leaf.dtype) for leaf in leaves] != [(leaf.shape, leaf.dtype) for leaf in template_leaves]:
+        fail(f"checkpoint {path} does not fit the config: its arrays have other shapes than this config's state")
+    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), run
 
 
-def train(config: Config, state: SACNState, dataset: Batch, task: Task, eval_envs: list, run: RunInfo) -> None:
-    results_dir = config.checkpoints_path or os.path.join("results", run.name)
-    os.makedirs(results_dir, exist_ok=True)
-    if config.checkpoints_path is not None:
-        with open(os.path.join(config.checkpoints_path, "config.yaml"), "w") as file:
-            pyrallis.dump(dataclasses.replace(config, resume=False), file)
-    wandb.init(
-        project=config.project,
-        group=config.group,
-        name=run.name,
-        id=run.wandb_id,
-        resume="allow",
-        config=dataclasses.asdict(config),
-    )
-    stop, seeds = StopRequest(), list(range(config.train_seed, config.train_seed + config.num_seeds))
-    progress = trange(run.epoch + 1, config.num_epochs + 1, initial=run.epoch, total=config.num_epochs, desc=run.name)
-    postfix: dict[str, str] = {}
-    for epoch in progress:
+def train(config: Config, state: SACNState, dataset: Batch, eval_envs: list, ref_scores: tuple, run: dict) -> None:
+    seeds = list(range(config.train_seed, config.train_seed + config.num_seeds))
+    if config.eval_only:  # print the saved agents' evaluation
+        metrics = evaluate(state.actor, eval_envs, ref_scores, config)[0]
+        return print("\n".join(f"{name}: {value:.3f}" for name, value in metrics.items()))
+    os.makedirs(directory := config.checkpoints_path or f"results/{run['name']}", exist_ok=True)
+    if not config.resume and config.checkpoints_path:
+        write_file(f"{directory}/config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
+    # never wait at wandb's login prompt: with no WANDB_MODE and no API key, log offline and say so
+    offline = "WANDB_MODE" not in os.environ and not wandb.login(prompt=False, verify=False)
+    wandb_args = {"project": config.project, "group": config.group, "name": run["name"], "id": run["wandb_id"]}
+    wandb_args.update(resume="allow", config=dataclasses.asdict(config), mode="offline" if offline else None)
+    wandb_run = wandb.init(**wandb_args, settings=wandb.Settings(quiet=True))  # quiet: no run summary at the end
+    if offline:
+        print(f"wandb: no login, so logging offline; upload with `wandb login; wandb sync {wandb_run.dir[:-6]}`")
+    stops = []  # SIGINT/SIGTERM: finish the epoch, checkpoint and exit; a second one stops at once
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *args: signal.default_int_handler(*args) if stops else stops.append(args[0]))
+    epochs = trange(run["epoch"] + 1, config.num_epochs + 1, initial=run["epoch"], total=config.num_epochs)
+    for epoch in epochs:
         start = time.perf_counter()
         state, metrics = train_epoch(state, dataset, config)
         metrics = jax.device_get(metrics)  # the one host sync of the epoch: [num_seeds] per metric
-        seconds = time.perf_counter() - start
-        check_finite(metrics, epoch, seeds, config)
-        run.epoch, run.train_seconds = epoch, run.train_seconds + seconds
+        run.update(epoch=epoch, train_seconds=run["train_seconds"] + time.perf_counter() - start)
+        if bad := [(name, seeds[i]) for name, values in metrics.items() for i in np.flatnonzero(~np.isfinite(values))]:
+            kept = f"; the last checkpoint is in {directory}" if os.path.isfile(f"{directory}/checkpoint.npz") else ""
+            fail(f"non-finite {bad[0][0]} at epoch {epoch}, seed {bad[0][1]}: training stopped{kept}")
         log = {name: values.mean() for name, values in metrics.items()}  # means over seeds
-        log["updates_per_second"] = config.num_updates_on_epoch / seconds  # the first epoch includes the compile
-        if epoch % config.eval_every == 0 or epoch == config.num_epochs:
-            returns = evaluate(state.actor, eval_envs, config.eval_seed, config.max_action)
-            log.update(eval_metrics(returns, task, seeds))
-            append_scores(os.path.join(results_dir, "scores.csv"), run, seeds, returns, task)
-            postfix["score"] = f"{log['eval/normalized_score_mean']:.1f}"
-        if config.checkpoints_path is not None and (
-            epoch == config.num_epochs or "score" in postfix or stop.signal_name
-        ):
-            save_checkpoint(config.checkpoints_path, state, run)
+        log["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)  # with the compile
+        if evaluated := epoch % config.eval_every == 0 or epoch == config.num_epochs:
+            eval_log, returns, scores = evaluate(state.actor, eval_envs, ref_scores, config)
+            stats = np.stack([returns.mean(1), returns.std(1), scores.mean(1), scores.std(1)], axis=1).tolist()
+            run["scores"] += [[epoch, seed, round(run["train_seconds"], 2), *row] for seed, row in zip(seeds, stats)]
+            rows = ["epoch,seed,train_seconds,return_mean,return_std,score_mean,score_std"]
+            rows += [",".join(map(str, row)) for row in run["scores"]]
+            write_file(f"{directory}/scores.csv", "\n".join(rows + [""]).encode())
+            log.update(eval_log)
+            epochs.write(f"epoch {epoch}: normalized score {scores.mean():.1f} +- {scores.std():.1f} over all episodes")
+        # after scores.csv: a run that dies between the two writes repeats the epochs after its checkpoint
+        if config.checkpoints_path and (evaluated or stops):
+            save_checkpoint(directory, state, run)
         wandb.log({"epoch": epoch, **log}, step=epoch)
-        postfix["updates/s"] = f"{log['updates_per_second']:.0f}"
-        progress.set_postfix(postfix)
-        if stop.signal_name is not None:
+        epochs.set_postfix({"updates/s": f"{log['updates_per_second']:.0f}"})
+        if stops:
             wandb.finish(exit_code=1)
-            fail(f"stopped by {stop.signal_name} after epoch {epoch}; continue with --resume=true")
+            fail(f"stopped by {signal.Signals(stops[0]).name} after epoch {epoch}; continue with --resume=true")
     wandb.finish()
-    print(summarize_scores(os.path.join(results_dir, "scores.csv")))
+    by_seed = [[row[5] for row in run["scores"] if row[1] == seed] for seed in seeds]
+    last, best = np.array([scores[-1] for scores in by_seed]), np.array([max(scores) for scores in by_seed])
+    summary = f"last {last.mean():.1f} +- {last.std():.1f}, best {best.mean():.1f} +- {best.std():.1f}"
+    print(f"normalized score over {len(seeds)} seed(s), mean +- std: {summary} (in {directory}/scores.csv)")
 
 
 def main(config: Config) -> None:
-    transitions, task = load_task(config)
-    eval_envs = [[task.make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
-    check_dataset(transitions, eval_envs[0][0], config)
-    dataset = to_device(transitions)
-    del transitions  # the device copy is all that training reads; free the host copy
-    state = create_sac_n_state(dataset.obs.shape[1], dataset.actions.shape[1], config)
-    run_id = uuid.uuid4().hex[:8]
-    run = RunInfo(name=f"{config.name}-{config.env_name}-{run_id}", wandb_id=run_id)
-    if config.resume or config.eval_only:
-        check_resumable(config)
-        state, run = load_checkpoint(config.checkpoints_path, state)
-    # lax.map runs the seeds one after another: a split seed axis would not run in parallel
-    state, dataset = shard_seeds(state, dataset, config.num_seeds if config.batch_seeds else 1)
-    if config.eval_only:
-        seeds = list(range(config.train_seed, config.train_seed + config.num_seeds))
-        returns = evaluate(state.actor, eval_envs, config.eval_seed, config.max_action)
-        for name, value in eval_metrics(returns, task, seeds).items():
-            print(f"{name}: {value:.3f}")
-        return
-    train(config, state, dataset, task, eval_envs, run)
+    directory, resuming = config.checkpoints_path, config.resume or config.eval_only
+    if directory and not resuming and os.path.isdir(directory) and os.listdir(directory):
+        fail(f"checkpoints_path {directory} is not empty: continue its run with --resume=true, or pass a fresh one")
+    if resuming:  # the saved run's hyperparameters; only when it ends and how it is evaluated may change
+        saved = parse_config([f"--config_path={directory}/config.yaml"])
+        may_change = "num_epochs resume eval_only checkpoints_path eval_episodes eval_every eval_seed".split()
+        changed = [key for key in FIELD_TYPES if getattr(saved, key) != getattr(config, key)]
+        if changed := [key for key in changed if key not in may_change]:
+            fail(f"config differs from the saved run in {directory} in {changed}: resume with the same values")
+    # known noise, not errors: gymnasium's v4 note (v4 is D4RL's models) and MuJoCo's on settotalmass (and its log file)
+    warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
+    mujoco.set_mju_user_warning(lambda text: "settotalmass" in text or print(f"MuJoCo: {text}", file=sys.stderr))
+    dataset, make_eval_env, ref_scores = load_task(config)
+    eval_envs = [[make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
+    new_state = partial(create_sac_n_state, dataset.obs.shape[1], dataset.actions.shape[1], config)
+    if resuming:
+        state, run = load_checkpoint(directory, jax.eval_shape(new_state))
+    else:  # what a resumed run needs besides the train state; train_seconds: summed over resumed sessions
+        run_id = os.urandom(4).hex()
+        run = {"name": f"{config.name}-{config.env_name.replace('/', '-')}-{run_id}", "wandb_id": run_id, "epoch": 0}
+        state, run = new_state(), {**run, "train_seconds": 0.0, "scores": []}
+    train(config, *shard_seeds(state, dataset, config.num_seeds), eval_envs, ref_scores, run)
 
 
 if __name__ == "__main__":
