@@ -1,5 +1,5 @@
-"""Normalised score vs epoch and vs training time, one line per run, from the scores.csv files
-that sac_n_jax_flax.py and sac_n_jax_eqx.py write (mean over seeds, shaded +- std over seeds).
+"""Normalised score vs epoch and vs training time, one line per run (mean over seeds, shaded +- std over seeds),
+from the scores.csv files that sac_n_jax_flax.py and sac_n_jax_eqx.py write.
 
     python plot.py results/*/scores.csv checkpoints/*/scores.csv --out scores.png
 """
@@ -28,13 +28,9 @@ def read_scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return epochs, np.array([seconds[epoch] for epoch in epochs]), np.array([by_epoch[e] for e in epochs])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="scores.csv files, one per run")
-    parser.add_argument("--out", default="scores.png", help="image file to write")
-    args = parser.parse_args()
+def draw(paths: list[str]) -> plt.Figure:
     figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for path in args.paths:
+    for path in paths:
         epochs, seconds, scores = read_scores(path)
         mean, std = scores.mean(axis=1), scores.std(axis=1)
         label = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))} ({scores.shape[1]} seeds)"
@@ -45,7 +41,15 @@ def main() -> None:
     by_time.set(xlabel="training time (minutes)")
     by_epoch.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(args.out, dpi=120)
+    return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="scores.csv files, one per run")
+    parser.add_argument("--out", default="scores.png", help="image file to write")
+    args = parser.parse_args()
+    draw(args.paths).savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
 
 

@@ -333,7 +333,7 @@ def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNSta
         log_alpha = TrainState.create(apply_fn=None, params=log_alpha, tx=alpha_tx)
         return SACNState(actor, critic, log_alpha, key)
 
-    state = jax.vmap(create)(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
+    state = jax.jit(jax.vmap(create))(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
     return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)  # strong dtypes: one compile per run
 
 
@@ -555,7 +555,7 @@ def train(config: Config, state: SACNState, dataset: Batch, eval_envs: list, ref
             save_checkpoint(directory, state, run)
         wandb.log({"epoch": epoch, **log}, step=epoch)
         epochs.set_postfix({"updates/s": f"{log['updates_per_second']:.0f}"})
-        if stops:
+        if stops and epoch < config.num_epochs:  # a stop during the last epoch finishes the run
             wandb.finish(exit_code=1)
             fail(f"stopped by {signal.Signals(stops[0]).name} after epoch {epoch}; continue with --resume=true")
     wandb.finish()

@@ -1,15 +1,22 @@
-"""The SAC-N update in PyTorch, written for the benchmark only (not a training script).
+"""CORL's SAC-N update (`algorithms/offline/sac_n.py`) in PyTorch, for the benchmark and the CORL parity test.
 
-It does what `update_sac_n` in sac_n_jax_flax.py does, in the style of CORL's
-`algorithms/offline/sac_n.py`: the critic ensemble is one module whose layers hold
-stacked [num_critics, in, out] weights applied with `torch.baddbmm`, the actor is a
-tanh-Gaussian MLP, and one update runs alpha -> actor -> critic -> soft target
-update, each with its own Adam. Network sizes and initialisation (EDAC's: hidden
-biases 0.1, small uniform output layers) match the JAX scripts, and the batch is
-sampled with `torch.randint` from tensors that already live on the device.
+As in CORL, the critic ensemble is one module whose layers hold stacked [num_critics, in, out] weights,
+the actor is a tanh-Gaussian MLP, and one update runs alpha -> actor -> critic -> soft target update,
+each with its own Adam. Where the JAX scripts choose otherwise, it does what CORL does by default:
 
-What it leaves out: `.item()` calls on the metrics (CORL logs every update; a host
-sync per update would time the logging, not the update), checkpoints and evaluation.
+- the tanh log-det is CORL's `log(1 - tanh(u)^2 + 1e-6)`; `exact_log_det=True` gives the scripts'
+  exact `2 (log 2 - u - softplus(-2u))`;
+- the alpha loss draws its own policy sample; `shared_policy_sample=True` gives it the actor loss's
+  sample, as the scripts do (`update_batch` takes all three noise tensors, so a test can drive it);
+- the critics' init is CORL's, which differs from EDAC's (and the scripts') in the first layer only
+  (see VectorizedCritic); tests/test_corl_parity.py copies the parameters, so there is no switch.
+
+It departs from CORL for speed only, with the same math: the batch is sampled with `torch.randint` from
+tensors already on the device, `expand` replaces CORL's `repeat_interleave` copy of the critic input,
+`baddbmm` fuses its `x @ weight + bias`, `lerp_` its soft update, the noise is drawn before the update
+rather than inside `rsample`, `Normal` skips its argument check (a host sync on a GPU), and there are no
+`.item()` calls (CORL logs every update; a host sync per update would time the logging, not the update),
+no `q_random_std` (the scripts compute it once per epoch), no checkpoints and no evaluation.
 """
 
 import math
@@ -28,10 +35,16 @@ class TorchBatch(NamedTuple):
     dones: torch.Tensor
 
 
-def to_torch(transitions: dict[str, np.ndarray], device: torch.device) -> TorchBatch:
-    return TorchBatch(
-        **{key: torch.as_tensor(value, dtype=torch.float32, device=device) for key, value in transitions.items()}
-    )
+class UpdateNoise(NamedTuple):  # the standard-normal draws of one update, each [batch_size, action_dim]
+    alpha_noise: torch.Tensor  # the alpha loss's policy sample on obs (CORL draws its own)
+    actor_noise: torch.Tensor  # the actor loss's policy sample on obs
+    next_noise: torch.Tensor  # the policy's sample on next_obs, in the critic target
+
+
+def to_torch(
+    transitions: dict[str, np.ndarray], device: torch.device, dtype: torch.dtype = torch.float32
+) -> TorchBatch:
+    return TorchBatch(**{key: torch.as_tensor(value, dtype=dtype, device=device) for key, value in transitions.items()})
 
 
 class VectorizedLinear(nn.Module):
@@ -41,9 +54,12 @@ class VectorizedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_critics, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(num_critics, 1, out_dim))
-        # torch.nn.Linear's default init for every member, U(+-1/sqrt(fan_in)), as in CORL
-        bound = 1 / math.sqrt(in_dim)
-        nn.init.uniform_(self.weight, -bound, bound)
+        # CORL's init: kaiming_uniform_(a=sqrt(5)) on each member's [in, out] weight. torch reads a 2-D
+        # tensor's fan_in from its second dimension, so this is U(+-1/sqrt(out_dim)), torch's nn.Linear
+        # default only where in_dim == out_dim. The critic's hidden biases and output layer are reset below.
+        for member_weight in self.weight:
+            nn.init.kaiming_uniform_(member_weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(out_dim)
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +73,10 @@ class VectorizedCritic(nn.Module):
         self.hidden = nn.ModuleList(VectorizedLinear(a, b, num_critics) for a, b in zip(dims[:-1], dims[1:]))
         self.output = VectorizedLinear(hidden_dim, 1, num_critics)
         self.num_critics = num_critics
-        for layer in self.hidden:  # EDAC init
+        # Weights: the first layer is U(+-1/sqrt(hidden_dim)) as CORL, where EDAC's code and the JAX
+        # scripts use U(+-1/sqrt(obs_dim + action_dim)); the other two hidden layers are U(+-1/sqrt(hidden_dim))
+        # in all three. Biases 0.1 and the output layer U(+-3e-3): EDAC's, as CORL and the scripts.
+        for layer in self.hidden:
             nn.init.constant_(layer.bias, 0.1)
         nn.init.uniform_(self.output.weight, -3e-3, 3e-3)
         nn.init.uniform_(self.output.bias, -3e-3, 3e-3)
@@ -72,32 +91,37 @@ class VectorizedCritic(nn.Module):
 
 
 class Actor(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, max_action: float):
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, max_action: float, exact_log_det: bool):
         super().__init__()
         dims = [obs_dim, hidden_dim, hidden_dim, hidden_dim]
+        # torch's nn.Linear init, U(+-1/sqrt(in_dim)), then EDAC's biases and heads: as CORL and the scripts
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.mean = nn.Linear(hidden_dim, action_dim)
         self.log_std = nn.Linear(hidden_dim, action_dim)
-        self.max_action = max_action
-        for layer in self.hidden:  # EDAC init
+        self.max_action, self.exact_log_det = max_action, exact_log_det
+        for layer in self.hidden:
             nn.init.constant_(layer.bias, 0.1)
         for head in (self.mean, self.log_std):
             nn.init.uniform_(head.weight, -1e-3, 1e-3)
             nn.init.uniform_(head.bias, -1e-3, 1e-3)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterised tanh-Gaussian sample and its log-prob, the math of the JAX scripts'
-        `sample_action` (CORL builds a torch.distributions.Normal; the values are the same)."""
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reparameterised tanh-Gaussian sample from standard normal `noise`, and its log-prob."""
         x = obs
         for layer in self.hidden:
             x = torch.relu(layer(x))
-        mean, log_std = self.mean(x), torch.clip(self.log_std(x), -5.0, 2.0)
-        noise = torch.randn_like(mean)
-        pre_tanh = mean + torch.exp(log_std) * noise
-        gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)
-        log_det_jacobian = 2 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))
+        mean, std = self.mean(x), torch.exp(torch.clip(self.log_std(x), -5.0, 2.0))
+        pre_tanh = mean + noise * std  # what CORL's Normal(mean, std).rsample() computes from its own noise
+        # validate_args=False: the check would sync the host with the device on every call
+        gaussian_log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(pre_tanh)
+        squashed = torch.tanh(pre_tanh)
+        if self.exact_log_det:  # the scripts': log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
+            log_det_jacobian = 2 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))
+        else:  # CORL's, which saturates at log(1e-6) where tanh(u) rounds to +-1
+            log_det_jacobian = torch.log(1 - squashed**2 + 1e-6)
+        # like CORL and the scripts, no term for the max_action scale
         log_probs = (gaussian_log_prob - log_det_jacobian).sum(dim=-1)
-        return torch.tanh(pre_tanh) * self.max_action, log_probs
+        return squashed * self.max_action, log_probs
 
 
 class TorchSACN:
@@ -115,46 +139,59 @@ class TorchSACN:
         tau: float = 5e-3,
         learning_rate: float = 3e-4,
         max_action: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        exact_log_det: bool = False,
+        shared_policy_sample: bool = False,
     ):
         torch.manual_seed(seed)
-        self.actor = Actor(obs_dim, action_dim, hidden_dim, max_action).to(device)
-        self.critic = VectorizedCritic(obs_dim, action_dim, hidden_dim, num_critics).to(device)
-        self.target_critic = VectorizedCritic(obs_dim, action_dim, hidden_dim, num_critics).to(device)
+        self.actor = Actor(obs_dim, action_dim, hidden_dim, max_action, exact_log_det).to(device, dtype)
+        self.critic = VectorizedCritic(obs_dim, action_dim, hidden_dim, num_critics).to(device, dtype)
+        self.target_critic = VectorizedCritic(obs_dim, action_dim, hidden_dim, num_critics).to(device, dtype)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
-        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
+        self.log_alpha = torch.zeros((), device=device, dtype=dtype, requires_grad=True)  # alpha = 1, as CORL
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=learning_rate)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=learning_rate)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=learning_rate)
         self.target_entropy = -float(action_dim)
-        self.gamma, self.tau, self.device = gamma, tau, device
+        self.gamma, self.tau, self.device, self.dtype = gamma, tau, device, dtype
+        self.action_dim, self.shared_policy_sample = action_dim, shared_policy_sample
 
     def sample_batch(self, dataset: TorchBatch, batch_size: int) -> TorchBatch:
         indices = torch.randint(0, dataset.rewards.shape[0], (batch_size,), device=self.device)
         return TorchBatch(*(array[indices] for array in dataset))
 
-    def update_alpha(self, batch: TorchBatch) -> dict[str, torch.Tensor]:
+    def draw_noise(self, batch_size: int) -> UpdateNoise:
+        def normal() -> torch.Tensor:
+            return torch.randn(batch_size, self.action_dim, device=self.device, dtype=self.dtype)
+
+        actor_noise, next_noise = normal(), normal()
+        return UpdateNoise(actor_noise if self.shared_policy_sample else normal(), actor_noise, next_noise)
+
+    def update_alpha(self, batch: TorchBatch, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            _, log_probs = self.actor(batch.obs)
+            _, log_probs = self.actor(batch.obs, noise)
         loss = -(self.log_alpha * (log_probs + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad()
         loss.backward()
         self.alpha_optimizer.step()
-        return {"alpha_loss": loss.detach()}
+        return {"alpha_loss": loss.detach(), "alpha": self.log_alpha.detach().exp()}
 
-    def update_actor(self, batch: TorchBatch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
-        actions, log_probs = self.actor(batch.obs)
+    def update_actor(self, batch: TorchBatch, noise: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        actions, log_probs = self.actor(batch.obs, noise)
         q_values = self.critic(batch.obs, actions)  # [num_critics, batch_size]
         loss = (alpha * log_probs - q_values.min(dim=0).values).mean()
         self.actor_optimizer.zero_grad()
         # as in CORL, this backward also fills the critic's .grad, which the critic update then clears
         loss.backward()
         self.actor_optimizer.step()
-        return {"actor_loss": loss.detach(), "batch_entropy": -log_probs.detach().mean()}
+        # q_policy_std: torch.std is the sample std (N - 1 in the denominator), as CORL logs it
+        q_policy_std = q_values.detach().std(dim=0).mean()
+        return {"actor_loss": loss.detach(), "batch_entropy": -log_probs.detach().mean(), "q_policy_std": q_policy_std}
 
-    def update_critic(self, batch: TorchBatch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+    def update_critic(self, batch: TorchBatch, noise: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            next_actions, next_log_probs = self.actor(batch.next_obs)
+            next_actions, next_log_probs = self.actor(batch.next_obs, noise)
             next_q_values = self.target_critic(batch.next_obs, next_actions)  # [num_critics, batch_size]
             next_values = next_q_values.min(dim=0).values - alpha * next_log_probs
             targets = batch.rewards + self.gamma * (1.0 - batch.dones) * next_values
@@ -170,15 +207,17 @@ class TorchSACN:
             for target, source in zip(self.target_critic.parameters(), self.critic.parameters()):
                 target.lerp_(source, self.tau)  # (1 - tau) * target + tau * source, as CORL's soft_update
 
-    def update(self, dataset: TorchBatch, batch_size: int) -> dict[str, torch.Tensor]:
-        batch = self.sample_batch(dataset, batch_size)
-        # CORL's order: alpha -> actor -> critic -> target
-        info = self.update_alpha(batch)
-        alpha = self.log_alpha.detach().exp()
-        info.update(self.update_actor(batch, alpha))
-        info.update(self.update_critic(batch, alpha))
+    def update_batch(self, batch: TorchBatch, noise: UpdateNoise) -> dict[str, torch.Tensor]:
+        """One update on `batch` with the given policy noise, in CORL's order: alpha -> actor -> critic -> target.
+        With `shared_policy_sample` the alpha loss uses `noise.actor_noise` and ignores `noise.alpha_noise`."""
+        info = self.update_alpha(batch, noise.actor_noise if self.shared_policy_sample else noise.alpha_noise)
+        info.update(self.update_actor(batch, noise.actor_noise, info["alpha"]))
+        info.update(self.update_critic(batch, noise.next_noise, info["alpha"]))
         self.update_target()
         return info
+
+    def update(self, dataset: TorchBatch, batch_size: int) -> dict[str, torch.Tensor]:
+        return self.update_batch(self.sample_batch(dataset, batch_size), self.draw_noise(batch_size))
 
     def train_epoch(self, dataset: TorchBatch, batch_size: int, num_updates: int) -> dict[str, torch.Tensor]:
         """`num_updates` updates from a Python loop, then one wait for the device."""

@@ -1,40 +1,31 @@
-"""Shared fixtures: both scripts as modules, and tiny D4RL-layout files written once per session."""
+"""Shared fixtures: both scripts as modules and tiny D4RL-layout files written once per session; and one JAX
+compilation cache for the session, this process and the scripts it starts: many tests compile the same programs
+(the same sizes, configs that differ only in fields the program does not read), and a cache hit costs a file read
+where a compile costs seconds."""
 
-import functools
 import importlib
 import os
 import sys
+import tempfile
 
-import pyrallis.wrappers.docstring
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO_ROOT, os.path.dirname(os.path.abspath(__file__))]
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 
-# no test talks to the wandb servers; subprocesses inherit these
-os.environ["WANDB_MODE"] = "offline"
-os.environ["WANDB_SILENT"] = "true"
+# no test talks to the wandb servers; subprocesses inherit this, and the cache (set before JAX is imported)
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
-from d4rl_files import SCRIPTS, collect, script_path, write_d4rl_file  # noqa: E402
-
-# pyrallis finds each field's help comment by parsing the script's whole source, once per field
-# and parse_config call (~1 s a call here); the tests call parse_config a hundred times, so they
-# remember each answer (same result, the source does not change during a session)
-pyrallis.wrappers.docstring.get_attribute_docstring = functools.cache(
-    pyrallis.wrappers.docstring.get_attribute_docstring
-)
-
-
-@pytest.fixture(params=SCRIPTS)
-def script(request: pytest.FixtureRequest) -> str:
-    """Absolute path of each script."""
-    return script_path(request.param)
+from datasets import collect, write_d4rl_file  # noqa: E402
+from script_runs import SCRIPTS  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=SCRIPTS)
 def module(request: pytest.FixtureRequest):
     """Each script imported as a module."""
-    script_path(request.param)
     return importlib.import_module(request.param.removesuffix(".py"))
 
 
@@ -48,8 +39,8 @@ def halfcheetah_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def hopper_data() -> dict:
-    """600 rows of uniform-random Hopper-v4 play with 40-step episodes: a mix of
-    terminations (the hopper falls) and timeouts."""
+    """600 rows of uniform-random Hopper-v4 play with 40-step episodes: a mix of terminations (the hopper falls)
+    and timeouts."""
     return collect("Hopper-v4", 600, seed=1, max_episode_steps=40)
 
 

@@ -1,25 +1,23 @@
-"""Loading: D4RL-layout files, D4RL names and downloads, Minari datasets, device arrays."""
+"""Loading: D4RL-layout files read exactly as d4rl reads them, D4RL names and downloads, Minari datasets, and every
+bad file a one-line error that names it, before anything compiles."""
 
 import os
 import warnings
 
 import gymnasium as gym
 import h5py
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from d4rl_files import finish, start_script, write_d4rl_file
+from datasets import random_transitions, write_d4rl_file
+from one_line_errors import error_before_compile, error_message
 
 
 def d4rl_qlearning_dataset(dataset: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """d4rl's `qlearning_dataset` (d4rl/__init__.py at 71a9549, terminate_on_end=False) transcribed
-    loop for loop, for a dataset that has `timeouts` (all v2 files do): the reference the script's
-    vectorised loader must match row by row."""
+    """d4rl's `qlearning_dataset` (d4rl/__init__.py at 71a9549, terminate_on_end=False) transcribed loop for loop,
+    for a dataset that has `timeouts` (all v2 files do): the reference the scripts' vectorised loader must match."""
     N = dataset["rewards"].shape[0]
     obs_, next_obs_, action_, reward_, done_ = [], [], [], [], []
-    use_timeouts = "timeouts" in dataset
-    assert use_timeouts, "the env._max_episode_steps branch of d4rl is not transcribed"
+    assert "timeouts" in dataset, "the env._max_episode_steps branch of d4rl is not transcribed"
     episode_step = 0
     for i in range(N - 1):
         obs = dataset["observations"][i].astype(np.float32)
@@ -41,21 +39,20 @@ def d4rl_qlearning_dataset(dataset: dict[str, np.ndarray]) -> dict[str, np.ndarr
         done_.append(done_bool)
         episode_step += 1
     return {
-        "observations": np.array(obs_),
+        "obs": np.array(obs_),
         "actions": np.array(action_),
-        "next_observations": np.array(next_obs_),
+        "next_obs": np.array(next_obs_),
         "rewards": np.array(reward_),
-        "terminals": np.array(done_),
+        "dones": np.array(done_),
     }
 
 
 def assert_same_transitions(transitions: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
-    names = {"obs": "observations", "actions": "actions", "rewards": "rewards"}
-    names.update({"next_obs": "next_observations", "dones": "terminals"})
-    assert len(transitions["rewards"]) == len(reference["rewards"])
-    for key, reference_key in names.items():
-        for row, (value, want) in enumerate(zip(transitions[key], reference[reference_key])):
-            np.testing.assert_array_equal(value, want, err_msg=f"{key} differs in transition {row}")
+    assert transitions.keys() == reference.keys()
+    for key, want in reference.items():
+        assert len(transitions[key]) == len(want), key
+        for row, (value, want_row) in enumerate(zip(transitions[key], want)):
+            np.testing.assert_array_equal(value, want_row, err_msg=f"{key} differs in transition {row}")
 
 
 def flagged(rows: list[int], num_rows: int) -> np.ndarray:
@@ -106,20 +103,104 @@ def test_qlearning_dataset_matches_d4rl_on_rollouts(module, hopper_file: str, ho
     assert hopper_data["terminals"].any() and hopper_data["timeouts"].any()
     transitions = module.qlearning_dataset(hopper_file)
     assert_same_transitions(transitions, d4rl_qlearning_dataset(hopper_data))
-    # and the transitions are real ones: within an episode, next_obs is the next row's obs
-    assert len(transitions["rewards"]) == len(hopper_data["rewards"]) - 1 - hopper_data["timeouts"][:-1].sum()
+    # and independently of the transcription: transition k is row i's step, its next_obs the observation of row i + 1
+    rows = [i for i in range(len(hopper_data["rewards"]) - 1) if not hopper_data["timeouts"][i]]
+    np.testing.assert_array_equal(transitions["obs"], hopper_data["observations"][rows].astype(np.float32))
+    np.testing.assert_array_equal(transitions["next_obs"], hopper_data["observations"][np.add(rows, 1)].astype("f4"))
+    np.testing.assert_array_equal(transitions["dones"], hopper_data["terminals"][rows])
+
+
+def hopper_arrays(hopper_data: dict, **changes) -> dict:
+    return {**{key: np.asarray(value) for key, value in hopper_data.items()}, **changes}
+
+
+def write_raw(path, data: dict) -> str:
+    with h5py.File(path, "w") as file:
+        for key, value in data.items():
+            file.create_dataset(key, data=value)
+    return str(path)
 
 
 @pytest.mark.parametrize("missing_key", ["observations", "actions", "rewards", "terminals", "timeouts"])
-def test_file_lacking_a_key_is_a_clear_error(module, tmp_path, hopper_data: dict, missing_key: str) -> None:
-    path = str(tmp_path / "incomplete.hdf5")
-    write_d4rl_file(path, hopper_data)
-    with h5py.File(path, "a") as file:
-        del file[missing_key]
-    with pytest.raises(SystemExit) as error:
-        module.qlearning_dataset(path)
-    message = str(error.value)
-    assert missing_key in message and path in message and "\n" not in message
+def test_file_lacking_a_dataset(module, tmp_path, hopper_data: dict, missing_key: str) -> None:
+    data = hopper_arrays(hopper_data)
+    del data[missing_key]
+    path = write_raw(tmp_path / "incomplete.hdf5", data)
+    message = error_message(module.qlearning_dataset, path)
+    assert f"{path} is not in the D4RL layout" in message and f"'{missing_key}': 'missing'" in message
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"rewards": lambda rewards: rewards[:-5]}, "is not in the D4RL layout"),  # different lengths
+        ({"rewards": lambda rewards: rewards[:, None]}, "'rewards': (600, 1)"),
+        ({"observations": lambda obs: obs[:, 0]}, "'observations': (600,)"),
+        ({"terminals": lambda flags: flags.astype(np.int8) * 2}, "has ['terminals'] other than 0 and 1"),
+        ({"timeouts": lambda flags: -flags.astype(np.float32)}, "has ['timeouts'] other than 0 and 1"),
+    ],
+    ids=["different_lengths", "rewards_n_by_1", "observations_1d", "terminals_2", "timeouts_minus_1"],
+)
+def test_file_not_in_the_d4rl_layout(module, tmp_path, hopper_data: dict, change: dict, expected: str) -> None:
+    data = hopper_arrays(hopper_data)
+    data.update({key: function(data[key]) for key, function in change.items()})
+    path = write_raw(tmp_path / "odd.hdf5", data)
+    message = error_message(module.qlearning_dataset, path)
+    assert path in message and expected in message
+
+
+def test_file_that_is_not_hdf5_or_is_truncated(module, tmp_path, hopper_file: str) -> None:
+    text = tmp_path / "notes.hdf5"
+    text.write_text("these are not the arrays you are looking for")
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(open(hopper_file, "rb").read()[:3000])
+    for path in (text, truncated):
+        assert f"cannot read {path} as HDF5" in error_message(module.qlearning_dataset, str(path))
+    assert f"dataset file {tmp_path} is a directory" in error_message(module.qlearning_dataset, str(tmp_path))
+    assert f"{tmp_path / 'absent.hdf5'} does not exist" in error_message(
+        module.qlearning_dataset, f"{tmp_path}/absent.hdf5"
+    )
+
+
+def load(module, dataset_path: str, caplog, *args: str) -> str:
+    config = module.parse_config(["--env_name=hopper-random-v2", f"--dataset_path={dataset_path}", *args])
+    return error_before_compile(module.load_task, config, caplog=caplog)
+
+
+@pytest.mark.parametrize("key", ["observations", "actions", "rewards"])
+def test_nan_or_inf_in_the_data(module, tmp_path, hopper_data: dict, caplog, key: str) -> None:
+    """A NaN reward would train until the losses turn NaN, and the stop would blame the actor loss."""
+    data = hopper_arrays(hopper_data)
+    data[key] = data[key].astype(np.float32)
+    data[key].flat[17] = np.nan if key == "rewards" else np.inf
+    path = str(tmp_path / "bad_values.hdf5")
+    write_d4rl_file(path, data)
+    message = load(module, path, caplog)
+    assert f"{path} has NaN or inf values in" in message and ("obs" if key == "observations" else key) in message
+
+
+def test_data_that_does_not_fit_the_eval_env(module, hopper_file: str, caplog) -> None:
+    message = load(module, hopper_file, caplog, "--eval_env=HalfCheetah-v4")
+    assert f"{hopper_file} has obs/action dims [11, 3] but eval env HalfCheetah-v4 has [17, 6]" in message
+
+
+def test_batch_larger_than_the_data(module, halfcheetah_file: str, caplog) -> None:
+    message = load(module, halfcheetah_file, caplog, "--env_name=halfcheetah-random-v2", "--batch_size=5000")
+    # 3000 rows less the two timeouts within and the last row, which has no next obs
+    assert "batch_size 5000 is larger than the dataset (2997 transitions)" in message
+
+
+def test_actions_outside_max_action_are_a_warning_with_count_and_range(module, tmp_path, hopper_data, capsys) -> None:
+    data = hopper_arrays(hopper_data, actions=hopper_data["actions"].copy())
+    data["actions"][:4, 0] = [1.5, -2.0, 1.25, 1.0]  # 3 values the tanh policy cannot produce
+    path = str(tmp_path / "wide_actions.hdf5")
+    write_d4rl_file(path, data)
+    dataset, _, _ = module.load_task(module.parse_config(["--env_name=hopper-random-v2", f"--dataset_path={path}"]))
+    warning = capsys.readouterr().err
+    assert (
+        f"warning: 3 of {dataset.actions.size} action values in {path} are outside [-max_action, max_action]" in warning
+    )
+    assert "in [-2, 1.5]: check max_action" in warning
 
 
 D4RL_FILE_LEVELS = {
@@ -133,50 +214,32 @@ D4RL_FILE_LEVELS = {
 }
 
 
-def test_d4rl_path_names_all_18_datasets(module, monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
-    paths = set()
-    for domain in ["halfcheetah", "hopper", "walker2d"]:
-        for level, file_level in D4RL_FILE_LEVELS.items():
-            path = module.d4rl_path(f"{domain}-{level}-v2")
-            assert path == os.path.join(str(tmp_path), f"{domain}_{file_level}-v2.hdf5")
-            paths.add(path)
-    assert len(paths) == 18
-    monkeypatch.delenv("D4RL_DATASET_DIR")
-    expected = os.path.expanduser("~/.d4rl/datasets/walker2d_full_replay-v2.hdf5")
-    assert module.d4rl_path("walker2d-full-replay-v2") == expected
+@pytest.fixture
+def no_network(monkeypatch) -> None:
+    """A proxy on a closed port: a download fails at once here, and never fetches a real dataset anywhere."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "")
 
 
-def test_missing_d4rl_file_without_network_is_one_clear_line(script: str, tmp_path) -> None:
-    """The dataset is neither on disk nor downloadable: one line naming both the path and the URL."""
-    dataset_dir = tmp_path / "datasets"
-    dataset_dir.mkdir()
-    # a proxy on a closed port: the download fails at once here, and on a machine that does have
-    # network this test still never fetches a real dataset
-    proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
-    args = ["--env_name=hopper-medium-replay-v2", "--num_epochs=1"]
-    result = finish(start_script(script, args, tmp_path, D4RL_DATASET_DIR=str(dataset_dir), **proxy), timeout=120)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert str(dataset_dir / "hopper_medium_replay-v2.hdf5") in last_line
-    assert "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium_replay-v2.hdf5" in last_line
-    assert os.listdir(dataset_dir) == [], "a failed download must leave nothing behind"
+@pytest.mark.parametrize("domain", ["halfcheetah", "hopper", "walker2d"])
+def test_missing_d4rl_file_names_the_file_and_the_url(module, tmp_path, monkeypatch, no_network, domain) -> None:
+    """The file d4rl itself would read, in D4RL_DATASET_DIR, downloaded from d4rl's URL; without network one line."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "datasets"))
+    for level, file_level in D4RL_FILE_LEVELS.items():
+        message = error_message(module.load_task, module.parse_config([f"--env_name={domain}-{level}-v2"]))
+        file = f"{domain}_{file_level}-v2.hdf5"
+        assert f"{tmp_path / 'datasets' / file} is missing and downloading" in message
+        assert f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file} failed" in message
+    assert os.listdir(tmp_path / "datasets") == [], "a failed download must leave nothing behind"
 
 
-def test_to_device_gives_float32_device_arrays(module) -> None:
-    rng = np.random.default_rng(0)
-    transitions = {
-        "obs": rng.normal(size=(5, 3)),  # float64, as Minari stores observations
-        "actions": rng.uniform(-1, 1, size=(5, 2)).astype(np.float32),
-        "rewards": rng.normal(size=5),
-        "next_obs": rng.normal(size=(5, 3)),
-        "dones": np.array([False, True, False, False, True]),
-    }
-    batch = module.to_device(transitions)
-    for key, value in batch._asdict().items():
-        assert isinstance(value, jax.Array) and value.dtype == jnp.float32, key
-        np.testing.assert_allclose(np.asarray(value), transitions[key].astype(np.float32), err_msg=key)
+def test_d4rl_files_live_in_home_by_default(module, tmp_path, monkeypatch, no_network) -> None:
+    monkeypatch.delenv("D4RL_DATASET_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    message = error_message(module.load_task, module.parse_config(["--env_name=walker2d-full-replay-v2"]))
+    assert f"{tmp_path}/.d4rl/datasets/walker2d_full_replay-v2.hdf5 is missing" in message
 
 
 def record_episodes(env: gym.Env, num_episodes: int) -> list[dict[str, list]]:
@@ -216,7 +279,9 @@ def test_minari_dataset(module, monkeypatch, tmp_path) -> None:
             ref_max_score=3000.25,
         )
 
-    transitions, task = module.load_task(module.Config(env_name=dataset_id))
+    dataset, make_eval_env, ref_scores = module.load_task(
+        module.parse_config([f"--env_name={dataset_id}", "--batch_size=32"])
+    )
     expected = {
         "obs": np.concatenate([episode["observations"][:-1] for episode in episodes]),
         "actions": np.concatenate([episode["actions"] for episode in episodes]),
@@ -226,15 +291,30 @@ def test_minari_dataset(module, monkeypatch, tmp_path) -> None:
         "dones": np.concatenate([episode["terminations"] for episode in episodes]),
     }
     for key, value in expected.items():
-        np.testing.assert_allclose(transitions[key], value, rtol=1e-6, err_msg=key)
-    assert transitions["dones"].sum() == sum(episode["terminations"][-1] for episode in episodes)
-    assert (task.ref_min_score, task.ref_max_score) == (-20.5, 3000.25)
-    assert task.make_eval_env().spec.id == "Hopper-v5"
+        assert getattr(dataset, key).dtype == np.float32, key
+        np.testing.assert_allclose(np.asarray(getattr(dataset, key)), value, rtol=1e-6, err_msg=key)
+    assert float(dataset.dones.sum()) == sum(episode["terminations"][-1] for episode in episodes)
+    assert ref_scores == (-20.5, 3000.25)
+    assert make_eval_env().spec.id == "Hopper-v5"
 
 
-def test_missing_minari_dataset_is_a_clear_error(module, monkeypatch, tmp_path) -> None:
+def test_missing_minari_dataset(module, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    with pytest.raises(SystemExit) as error:
-        module.load_task(module.Config(env_name="tests/hopper/absent-v0"))
-    message = str(error.value)
-    assert "tests/hopper/absent-v0" in message and "minari download" in message and "\n" not in message
+    message = error_message(module.load_task, module.parse_config(["--env_name=tests/hopper/absent-v0"]))
+    assert "tests/hopper/absent-v0" in message and "minari download tests/hopper/absent-v0" in message
+
+
+def test_the_data_goes_to_the_device_as_float32(module, tmp_path) -> None:
+    transitions = random_transitions(size=50, obs_dim=11, action_dim=3)
+    data = {"observations": np.concatenate([transitions["obs"], transitions["next_obs"][-1:]])}
+    data.update(actions=np.concatenate([transitions["actions"], transitions["actions"][-1:]]))
+    data.update(rewards=np.append(transitions["rewards"], 0.0), terminals=np.append(transitions["dones"], False))
+    data["timeouts"] = np.zeros(51, dtype=bool)
+    path = write_raw(tmp_path / "float64.hdf5", data)  # float64 arrays, as some converters write them
+    config = module.parse_config(["--env_name=hopper-random-v2", f"--dataset_path={path}", "--batch_size=50"])
+    dataset, _, ref_scores = module.load_task(config)
+    assert ref_scores == (-20.272305, 3234.3)  # hopper's D4RL reference returns
+    for key in dataset._fields:
+        assert getattr(dataset, key).dtype == np.float32, key
+    np.testing.assert_allclose(np.asarray(dataset.rewards), transitions["rewards"].astype(np.float32))
+    np.testing.assert_allclose(np.asarray(dataset.next_obs[:-1]), transitions["obs"][1:].astype(np.float32))
