@@ -506,7 +506,7 @@ def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, dic
         with np.load(path) as data:
             leaves, run = [data[f"arr_{index}"] for index in range(len(template_leaves))], json.loads(str(data["run"]))
     except Exception as error:  # np.load raises many kinds for a damaged file
-        fail(f"cannot read checkpoint {path} ({error}): continue from a copy of it, or start a fresh run")
+        fail(f"cannot read checkpoint {path} ({error}): it is damaged or not a checkpoint; resume from a copy")
     if [(leaf.shape, leaf.dtype) for leaf in leaves] != [(leaf.shape, leaf.dtype) for leaf in template_leaves]:
         fail(f"checkpoint {path} does not fit the config: its arrays have other shapes than this config's state")
     return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), run
