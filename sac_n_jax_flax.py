@@ -314,7 +314,7 @@ def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_act
 # --- Updates ---
 def update_alpha(policy_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
     mean, log_std = state.actor.apply_fn(state.actor.params, batch.obs)
-    # the actor update's sample, where CORL draws another: the same in expectation, one forward pass fewer
+    # the actor update's sample, where CORL draws another: the same in expectation, and one actor pass serves both
     _, log_probs = sample_action(policy_noise, mean, log_std, config.max_action)
     target_entropy = -batch.actions.shape[-1]  # SAC's heuristic -dim(A), as CORL
 
@@ -385,8 +385,10 @@ def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: C
     batch = jax.tree.map(lambda array: array[draws.indices], dataset)
     # alpha -> actor -> critic, each seeing the updates before it: EDAC's order, better than critic first (CORL)
     log_alpha, alpha_info = update_alpha(draws.policy_noise, state, batch, config)
-    actor, actor_info = update_actor(draws.policy_noise, state := state._replace(log_alpha=log_alpha), batch, config)
-    critic, critic_info = update_critic(draws.next_noise, state := state._replace(actor=actor), batch, config)
+    state = state._replace(log_alpha=log_alpha)
+    actor, actor_info = update_actor(draws.policy_noise, state, batch, config)
+    state = state._replace(actor=actor)
+    critic, critic_info = update_critic(draws.next_noise, state, batch, config)
     return state._replace(critic=critic), {**alpha_info, **actor_info, **critic_info}
 
 
