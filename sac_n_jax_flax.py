@@ -6,6 +6,7 @@ is the minimum over an ensemble of N critics (An et al. 2021, arXiv:2110.01548).
 """
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -93,7 +94,8 @@ def parse_value(name: Any, value: Any, source: str) -> Any:
     """A command-line string or YAML value as its field's type; exact names (argparse takes --num_critic=5)."""
     kind, text = FIELD_TYPES.get(name), json.dumps(value) if value is None or isinstance(value, bool) else str(value)
     if kind is None:
-        fail(f"unknown option '{name}' in {source}: see --help for the options")
+        close = difflib.get_close_matches(str(name), FIELD_TYPES, n=1)
+        fail(f"unknown option '{name}' in {source}; {f'did you mean {close[0]!r}? ' if close else ''}(see --help)")
     if not re.fullmatch(PATTERNS.get(kind, ".*"), text):
         fail(f"option {name} must be of type {kind.__name__}, got '{text}' in {source}")
     return None if kind is not str and text == "null" else READERS.get(kind, str)(text)
@@ -140,7 +142,6 @@ D4RL_EVAL_ENV = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker
 D4RL_REF_SCORES = {"halfcheetah": (-280.178953, 12135), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
 D4RL_LEVELS = ["random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"]
 D4RL_NAMES = [f"{domain}-{level}-v2" for domain in D4RL_EVAL_ENV for level in D4RL_LEVELS]
-D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_KEYS = ["observations", "actions", "rewards", "terminals", "timeouts"]
 
 
@@ -198,7 +199,7 @@ def load_task(config: Config) -> tuple[Batch, Callable[[], gym.Env], tuple[float
         dataset_dir = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
         path = config.dataset_path or os.path.join(dataset_dir, file_name)
         if config.dataset_path is None and not os.path.exists(path):
-            url = D4RL_URL.format(os.path.basename(path))
+            url = f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file_name}"
             print(f"downloading {url} to {path}")
             try:  # to a temporary name, then renamed: an interrupted download leaves no corrupt file
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -219,8 +220,7 @@ def load_task(config: Config) -> tuple[Batch, Callable[[], gym.Env], tuple[float
     if (outside := np.abs(actions := transitions["actions"]) > config.max_action).any():  # only the critic sees them
         where = f"{outside.sum()} of {outside.size} action values in {source} are outside [-max_action, max_action]"
         print(f"warning: {where}, in [{actions.min():.3g}, {actions.max():.3g}]: check max_action", file=sys.stderr)
-    dataset = Batch(**{key: jnp.asarray(value, dtype=jnp.float32) for key, value in transitions.items()})
-    return dataset, make_env, ref_scores
+    return Batch(**{key: jnp.asarray(value, jnp.float32) for key, value in transitions.items()}), make_env, ref_scores
 
 
 # --- Networks ---
@@ -441,7 +441,10 @@ def evaluate(actor: TrainState, envs: list, ref_scores: tuple, config: Config) -
     scores = 100 * (returns - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
     metrics = {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()}
     metrics.update({"eval/normalized_score_mean": scores.mean(), "eval/normalized_score_std": scores.std()})
-    if config.num_seeds > 1:  # the std of the seeds' means: the paper's "mean +- std over seeds"
+    if config.num_seeds > 1:  # each seed's means, and their std: the paper's "mean +- std over seeds"
+        seeds = range(config.train_seed, config.train_seed + config.num_seeds)
+        metrics |= {f"eval/seed_{seed}/return_mean": value for seed, value in zip(seeds, returns.mean(axis=1))}
+        metrics |= {f"eval/seed_{seed}/normalized_score_mean": value for seed, value in zip(seeds, scores.mean(axis=1))}
         metrics["eval/normalized_score_seed_std"] = scores.mean(axis=1).std()
     return metrics, returns, scores
 

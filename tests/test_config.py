@@ -44,7 +44,7 @@ def test_values_are_read_as_their_field_types(module, tmp_path) -> None:
     "args, expected",
     [
         (["--learning_rate=0.1"], "unknown option 'learning_rate' in the command line"),
-        (["--num_critic=5"], "unknown option 'num_critic'"),  # argparse would take it for --num_critics
+        (["--num_critic=5"], "unknown option 'num_critic' in the command line; did you mean 'num_critics'?"),
         (["--num_critic", "5"], "unknown option 'num_critic'"),
         (["halfcheetah"], "unknown option 'halfcheetah'"),
         (["--hidden_dim=abc"], "option hidden_dim must be of type int, got 'abc'"),

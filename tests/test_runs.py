@@ -108,6 +108,9 @@ def test_eval_only_evaluates_the_saved_agents(runs: dict) -> None:
     last = [row for row in read_scores(runs["directory"] / "whole" / "scores.csv") if row["epoch"] == 8]
     score = np.mean([row["score_mean"] for row in last])
     assert f"eval/normalized_score_mean: {score:.3f}" in runs["evaluated"].stdout
+    for seed, row in zip((10, 11), last):  # and each seed's scores
+        assert f"eval/seed_{seed}/normalized_score_mean: {row['score_mean']:.3f}" in runs["evaluated"].stdout
+        assert f"eval/seed_{seed}/return_mean: {row['return_mean']:.3f}" in runs["evaluated"].stdout
     assert "eval/normalized_score_seed_std" in runs["evaluated"].stdout
 
 
@@ -129,7 +132,7 @@ def test_a_bad_command_line_is_one_line_on_stderr(runs: dict) -> None:
     result = finish(start_script(script, ["--num_critic=5"], runs["directory"]))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"{script}: error: unknown option 'num_critic' in the command line: see --help for the options"
+        f"{script}: error: unknown option 'num_critic' in the command line; did you mean 'num_critics'? (see --help)"
     ]
 
 
