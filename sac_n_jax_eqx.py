@@ -190,6 +190,9 @@ def load_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], Callable[[], gy
 
 def load_task(config: Config) -> tuple[Batch, Callable[[], gym.Env], tuple[float, float]]:
     """The dataset on the device, the eval env's constructor and the reference scores, or one line on what is wrong."""
+    # known noise, not errors: gymnasium's v4 note (v4 is D4RL's models) and MuJoCo's on settotalmass (and its log file)
+    warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
+    mujoco.set_mju_user_warning(lambda text: "settotalmass" in text or print(f"MuJoCo: {text}", file=sys.stderr))
     if minari := "/" in config.env_name and config.dataset_path is None:
         transitions, make_env, ref_scores = load_minari(config.env_name)
     else:
@@ -580,9 +583,6 @@ def main(config: Config) -> None:
         changed = [key for key in FIELD_TYPES if getattr(saved, key) != getattr(config, key)]
         if changed := [key for key in changed if key not in may_change]:
             fail(f"config differs from the saved run in {directory} in {changed}: resume with the same values")
-    # known noise, not errors: gymnasium's v4 note (v4 is D4RL's models) and MuJoCo's on settotalmass (and its log file)
-    warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
-    mujoco.set_mju_user_warning(lambda text: "settotalmass" in text or print(f"MuJoCo: {text}", file=sys.stderr))
     dataset, make_eval_env, ref_scores = load_task(config)
     eval_envs = [[make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
     new_state = partial(create_sac_n_state, dataset.obs.shape[1], dataset.actions.shape[1], config)
