@@ -1,16 +1,22 @@
-"""SAC-N for offline RL on the D4RL Gym-MuJoCo datasets, in JAX + Flax: Soft Actor-Critic whose pessimistic value
-is the minimum over an ensemble of N critics (An et al. 2021, arXiv:2110.01548). The update follows CORL's `sac_n.py`
-(README.md lists each difference); `sac_n_jax_eqx.py` is this script in Equinox: `diff` the two to see the framework.
+"""SAC-N and EDAC for offline RL on the D4RL Gym-MuJoCo datasets, in JAX + Flax.
+
+An et al. 2021 (arXiv:2110.01548): Soft Actor-Critic whose pessimistic value is the minimum over an
+ensemble of N critics (SAC-N); with eta > 0, EDAC's penalty on the similarity of the critics' action
+gradients, which needs far fewer critics. The update follows CORL's `sac_n.py` and `edac.py`
+(README.md lists each difference). `sac_n_jax_eqx.py` is this script in Equinox: `diff` the two to
+see the framework. The algorithm comes first; below the "run harness" line it becomes a tool.
 
     python sac_n_jax_flax.py --config_path configs/halfcheetah.yaml
 """
 
+import csv
 import dataclasses
 import difflib
+import http.client
+import io
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -37,98 +43,36 @@ from tqdm.auto import trange
 # --- Config ---
 @dataclasses.dataclass(frozen=True)
 class Config:
-    project: str = "SAC-N-JAX"  # wandb project name
-    group: str = "SAC-N"  # wandb group name
-    name: str = "SAC-N"  # wandb run name prefix; env_name and a short random id are appended at run time
-    hidden_dim: int = 256  # width of every hidden layer of the actor and of each critic (3 hidden layers each)
-    num_critics: int = 10  # N: number of critics in the Q-ensemble
+    project: str = "SAC-N-JAX"  # wandb project
+    group: str = "SAC-N"  # wandb group
+    name: str = "SAC-N"  # wandb run name; env_name and a random id are appended
+    hidden_dim: int = 256  # width of the 3 hidden layers of the actor and of each critic
+    num_critics: int = 10  # N, the number of critics in the ensemble
+    eta: float = 0.0  # weight of EDAC's ensemble diversity term in the critic loss; 0 is SAC-N
     gamma: float = 0.99  # discount factor
     tau: float = 5e-3  # Polyak coefficient of the target critics, applied after every update
     actor_learning_rate: float = 3e-4  # Adam learning rate of the actor
     critic_learning_rate: float = 3e-4  # Adam learning rate of the critics
-    alpha_learning_rate: float = 3e-4  # Adam learning rate of log_alpha, the log of the entropy temperature
+    alpha_learning_rate: float = 3e-4  # Adam learning rate of log_alpha, the entropy temperature
     max_action: float = 1.0  # actions are tanh-squashed and scaled to [-max_action, max_action]
-    env_name: str = "halfcheetah-medium-v2"  # D4RL name, or Minari id (mujoco/halfcheetah/medium-v0)
-    dataset_path: Optional[str] = None  # HDF5 file in the D4RL layout to read instead of the one env_name names
-    eval_env: Optional[str] = None  # gymnasium id of the evaluation env; default: the v4 env of env_name's domain
-    batch_size: int = 256  # transitions per gradient update
+    env_name: str = "halfcheetah-medium-v2"  # D4RL name, or Minari id (mujoco/hopper/medium-v0)
+    dataset_path: Optional[str] = None  # HDF5 file in the D4RL layout to read instead
+    eval_env: Optional[str] = None  # gymnasium id to evaluate in; default: env_name's v4 env
+    batch_size: int = 256  # transitions per update
     num_epochs: int = 3000  # training epochs
-    num_updates_on_epoch: int = 1000  # gradient updates per epoch (all of them run inside one jitted call)
+    num_updates_on_epoch: int = 1000  # updates per epoch, all in one jitted call
     eval_episodes: int = 10  # episodes per evaluation
-    eval_every: int = 5  # evaluate every `eval_every` epochs (not updates), and after the last epoch
-    train_seed: int = 10  # seed of network init and batch sampling; seed i of a multi-seed run uses train_seed + i
-    num_seeds: int = 1  # independent agents trained at once in one process (vmapped, sharded over devices)
-    eval_seed: int = 42  # seed of the evaluation episodes' start states (the same at every evaluation)
-    checkpoints_path: Optional[str] = None  # directory of config, checkpoints, scores.csv; null: results/<run name>
-    resume: bool = False  # continue the run saved in checkpoints_path, in its wandb run, as if never stopped
-    eval_only: bool = False  # only evaluate the agents saved in checkpoints_path, then exit
+    eval_every: int = 5  # evaluate every `eval_every` epochs (not updates), and after the last
+    train_seed: int = 10  # seed of init and batches; seed i of a multi-seed run is train_seed + i
+    num_seeds: int = 1  # agents trained at once in one process (vmapped, sharded over devices)
+    eval_seed: int = 42  # seed of the evaluation episodes' start states, the same every time
+    checkpoints_path: Optional[str] = None  # directory of config, checkpoint and scores.csv
+    resume: bool = False  # continue the run saved in checkpoints_path, as if never stopped
+    eval_only: bool = False  # only evaluate the agents saved in checkpoints_path
 
 
-FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(Config)}
-# what a command-line string or YAML value of each type must look like: pyrallis alone reads 3.5 as 3, maybe as true
-PATTERNS = {int: r"[+-]?\d+", float: r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", bool: r"(?i)true|false"}
-READERS = {int: int, float: float, bool: lambda text: text.lower() == "true"}
-COUNTS = ["hidden_dim", "num_critics", "batch_size", "num_epochs", "num_updates_on_epoch", "eval_episodes"]
-POSITIVE = ["tau", "actor_learning_rate", "critic_learning_rate", "alpha_learning_rate", "max_action"]
-# (option, holds(value, config), what the option must be): the checks of a config, before any data loads
-OPTION_CHECKS = [
-    *((name, lambda value, config: value >= 1, "at least 1") for name in [*COUNTS, "eval_every", "num_seeds"]),
-    *((name, lambda value, config: 0 < value < math.inf, "positive") for name in POSITIVE),
-    ("gamma", lambda value, config: 0 <= value <= 1, "in [0, 1]"),
-    ("tau", lambda value, config: value <= 1, "at most 1"),
-    ("train_seed", lambda value, config: 0 <= value <= 2**32 - config.num_seeds, "in [0, 2**32 - num_seeds]"),
-    ("eval_seed", lambda value, config: 0 <= value <= 2**32 - config.eval_episodes, "in [0, 2**32 - eval_episodes]"),
-    ("env_name", lambda value, config: value in D4RL_NAMES or "/" in value or config.dataset_path, "a D4RL name"),
-    ("eval_env", lambda value, config: value is None or value in gym.registry, "a gymnasium id such as Hopper-v4"),
-    ("eval_env", lambda value, config: value or "/" in config.env_name or d4rl_domain(config), "set: no D4RL domain"),
-    ("checkpoints_path", lambda value, config: value or not (config.resume or config.eval_only), "set to resume"),
-    ("checkpoints_path", lambda value, config: not (value and os.path.isfile(value)), "a directory, not a file"),
-]
-
-
-def fail(message: str) -> NoReturn:
-    raise SystemExit(f"{os.path.basename(__file__)}: error: {' '.join(message.split())}")
-
-
-def parse_value(name: Any, value: Any, source: str) -> Any:
-    """A command-line string or YAML value as its field's type; exact names (argparse takes --num_critic=5)."""
-    kind, text = FIELD_TYPES.get(name), json.dumps(value) if value is None or isinstance(value, bool) else str(value)
-    if kind is None:
-        close = difflib.get_close_matches(str(name), FIELD_TYPES, n=1)
-        fail(f"unknown option '{name}' in {source}; {f'did you mean {close[0]!r}? ' if close else ''}(see --help)")
-    if not re.fullmatch(PATTERNS.get(kind, ".*"), text):
-        fail(f"option {name} must be of type {kind.__name__}, got '{text}' in {source}")
-    return None if kind is not str and text == "null" else READERS.get(kind, str)(text)
-
-
-def parse_config(args: Optional[list[str]] = None) -> Config:
-    """An optional YAML file (--config_path), overridden by --option=value or --option value flags."""
-    args = sys.argv[1:] if args is None else list(args)
-    if "-h" in args or "--help" in args:  # pyrallis prints every field with its comment
-        pyrallis.argparsing.ArgumentParser(config_class=Config).parse_args(["--help"])
-    flags = {}
-    while args:  # a word that is no --option becomes an unknown option below
-        name, has_value, value = args.pop(0).removeprefix("--").partition("=")
-        flags[name] = value if has_value or not args else args.pop(0)
-    path = flags.pop("config_path", None)
-    try:
-        with open(path or os.devnull) as file:
-            values = yaml.safe_load(file) if path else {}
-    except (OSError, yaml.YAMLError) as error:
-        fail(f"cannot read config file {path}: {error}")
-    if not isinstance(values, dict):
-        fail(f"config file {path} must be a mapping of option: value, not {values!r}")
-    values = {name: parse_value(name, value, path) for name, value in values.items()}
-    values.update({name: parse_value(name, value, "the command line") for name, value in flags.items()})
-    config = Config(**values)
-    for name, holds, requirement in OPTION_CHECKS:
-        if not holds(getattr(config, name), config):
-            fail(f"option {name} must be {requirement}, got {getattr(config, name)!r}")
-    return config
-
-
-# --- Data ---
-class Batch(NamedTuple):
+# --- Networks ---
+class Batch(NamedTuple):  # transitions, each array with a leading [batch_size] (or dataset) axis
     obs: jax.Array
     actions: jax.Array
     rewards: jax.Array
@@ -136,106 +80,14 @@ class Batch(NamedTuple):
     dones: jax.Array
 
 
-# D4RL v2 data was collected in gym's v3 MuJoCo envs; the v4 envs have the same models on current bindings
-D4RL_EVAL_ENV = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
-# the returns of a random and an expert policy, for D4RL's score 100 * (return - random) / (expert - random)
-D4RL_REF_SCORES = {"halfcheetah": (-280.178953, 12135), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
-D4RL_LEVELS = ["random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"]
-D4RL_NAMES = [f"{domain}-{level}-v2" for domain in D4RL_EVAL_ENV for level in D4RL_LEVELS]
-D4RL_KEYS = ["observations", "actions", "rewards", "terminals", "timeouts"]
-
-
-def d4rl_domain(config: Config) -> Optional[str]:
-    return next((domain for domain in D4RL_EVAL_ENV if config.env_name.startswith(f"{domain}-")), None)
-
-
-def qlearning_dataset(path: str) -> dict[str, np.ndarray]:
-    """Transitions as d4rl's `qlearning_dataset`: next_obs is the next row; the last and `timeouts` rows are dropped."""
-    if not os.path.isfile(path):
-        fail(f"dataset file {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}")
-    try:
-        with h5py.File(path, "r") as file:
-            data = {key: np.asarray(file[key]) for key in D4RL_KEYS if key in file}
-    except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, unreadable
-        fail(f"cannot read {path} as HDF5 ({error}): download it again")
-    shapes = {key: data[key].shape if key in data else "missing" for key in D4RL_KEYS}
-    ranks = [len(shape) if key in data else 0 for key, shape in shapes.items()]
-    if ranks != [2, 2, 1, 1, 1] or len({shape[0] for shape in shapes.values()}) > 1:
-        fail(f"{path} is not in the D4RL layout, [rows, dim] observations and actions, [rows] rest: it has {shapes}")
-    if flags := [key for key in ["terminals", "timeouts"] if not np.isin(data[key], (0, 1)).all()]:
-        fail(f"{path} has {flags} other than 0 and 1")
-    keep = ~data["timeouts"][:-1].astype(bool)
-    names = {"obs": "observations", "actions": "actions", "rewards": "rewards", "dones": "terminals"}
-    return {**{name: data[key][:-1][keep] for name, key in names.items()}, "next_obs": data["observations"][1:][keep]}
-
-
-def load_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], Callable[[], gym.Env], tuple[float, float]]:
-    import minari  # only needed for Minari ids
-
-    try:
-        dataset = minari.load_dataset(dataset_id)
-    except Exception as error:  # minari raises several kinds for a missing or unreadable dataset
-        fail(f"cannot load Minari dataset {dataset_id} ({error}); get it with `minari download {dataset_id}`")
-    episodes = list(dataset.iterate_episodes())
-
-    def stacked(name: str, rows: slice = slice(None)) -> np.ndarray:
-        return np.concatenate([getattr(episode, name)[rows] for episode in episodes])
-
-    # every episode's final observation is stored, so no transition is dropped
-    transitions = {"obs": stacked("observations", slice(-1)), "next_obs": stacked("observations", slice(1, None))}
-    transitions.update(actions=stacked("actions"), rewards=stacked("rewards"), dones=stacked("terminations"))
-    # reference scores are dataset metadata (where minari.get_normalized_score reads them), NaN if absent
-    ref_scores = (dataset.storage.metadata.get(f"ref_{end}_score", math.nan) for end in ("min", "max"))
-    return transitions, lambda: dataset.recover_environment(eval_env=True), tuple(ref_scores)
-
-
-def load_task(config: Config) -> tuple[Batch, Callable[[], gym.Env], tuple[float, float]]:
-    """The dataset on the device, the eval env's constructor and the reference scores, or one line on what is wrong."""
-    # known noise, not errors: gymnasium's v4 note (v4 is D4RL's models) and MuJoCo's on settotalmass (and its log file)
-    warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
-    mujoco.set_mju_user_warning(lambda text: "settotalmass" in text or print(f"MuJoCo: {text}", file=sys.stderr))
-    if minari := "/" in config.env_name and config.dataset_path is None:
-        transitions, make_env, ref_scores = load_minari(config.env_name)
-    else:
-        # the file d4rl itself reads, e.g. ~/.d4rl/datasets/halfcheetah_medium_replay-v2.hdf5
-        file_name = config.env_name.replace("-", "_").replace("_v2", "-v2.hdf5")
-        dataset_dir = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
-        path = config.dataset_path or os.path.join(dataset_dir, file_name)
-        if config.dataset_path is None and not os.path.exists(path):
-            url = f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file_name}"
-            print(f"downloading {url} to {path}")
-            try:  # to a temporary name, then renamed: an interrupted download leaves no corrupt file
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.replace(urllib.request.urlretrieve(url, path + ".part")[0], path)
-            except OSError as error:  # urllib's URLError is an OSError
-                fail(f"{path} is missing and downloading {url} failed ({error}): put it there, or set D4RL_DATASET_DIR")
-        domain = d4rl_domain(config)  # no reference scores outside the three D4RL domains
-        make_env, ref_scores = partial(gym.make, config.eval_env or D4RL_EVAL_ENV[domain]), D4RL_REF_SCORES.get(domain)
-        transitions, ref_scores = qlearning_dataset(path), ref_scores or (0.0, math.nan)
-    source, env = f"Minari dataset {config.env_name}" if minari else path, make_env()
-    dims, env_dims = [transitions["obs"].shape[1], transitions["actions"].shape[1]], [*env.observation_space.shape]
-    if dims != (env_dims := env_dims + [*env.action_space.shape]):
-        fail(f"{source} has obs/action dims {dims} but eval env {env.spec.id} has {env_dims}: check env_name, eval_env")
-    if not_finite := [key for key, array in transitions.items() if not np.isfinite(array).all()]:
-        fail(f"{source} has NaN or inf values in {not_finite}")
-    if config.batch_size > len(transitions["rewards"]):
-        fail(f"batch_size {config.batch_size} is larger than the dataset ({len(transitions['rewards'])} transitions)")
-    if (outside := np.abs(actions := transitions["actions"]) > config.max_action).any():  # only the critic sees them
-        where = f"{outside.sum()} of {outside.size} action values in {source} are outside [-max_action, max_action]"
-        print(f"warning: {where}, in [{actions.min():.3g}, {actions.max():.3g}]: check max_action", file=sys.stderr)
-    return Batch(**{key: jnp.asarray(value, jnp.float32) for key, value in transitions.items()}), make_env, ref_scores
-
-
-# --- Networks ---
-def uniform_init(bound: float) -> Callable:
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-# EDAC's init in the actor and every critic layer: hidden kernels U(+-1/sqrt(fan_in)) (torch's nn.Linear), hidden
-# biases 0.1, small uniform output layers. CORL's critic differs in its first layer: its VectorizedLinear holds
-# [in, out] weights, so torch takes fan_in = hidden_dim there, U(+-1/16) at 256.
-torch_kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-hidden_bias_init = jax.nn.initializers.constant(0.1)
+def dense(features: int, bound: Optional[float] = None) -> nn.Dense:
+    """A layer with EDAC's init, as CORL's (README.md: CORL's first critic layer differs): an output
+    layer U(+-bound); a hidden layer torch's nn.Linear kernel U(+-1/sqrt(fan_in)) and biases 0.1."""
+    if bound is None:
+        kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.constant(0.1))
+    uniform = partial(jax.random.uniform, minval=-bound, maxval=bound)
+    return nn.Dense(features, kernel_init=uniform, bias_init=uniform)
 
 
 class Actor(nn.Module):
@@ -246,9 +98,9 @@ class Actor(nn.Module):
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = obs
         for _ in range(3):
-            x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=torch_kernel_init, bias_init=hidden_bias_init)(x))
-        mean = nn.Dense(self.action_dim, kernel_init=uniform_init(1e-3), bias_init=uniform_init(1e-3))(x)
-        log_std = nn.Dense(self.action_dim, kernel_init=uniform_init(1e-3), bias_init=uniform_init(1e-3))(x)
+            x = nn.relu(dense(self.hidden_dim)(x))
+        mean = dense(self.action_dim, bound=1e-3)(x)
+        log_std = dense(self.action_dim, bound=1e-3)(x)
         # clipped as in the EDAC and CORL code, so the policy neither collapses nor explodes
         return mean, jnp.clip(log_std, -5.0, 2.0)
 
@@ -260,8 +112,8 @@ class Critic(nn.Module):
     def __call__(self, obs: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([obs, actions], axis=-1)
         for _ in range(3):
-            x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=torch_kernel_init, bias_init=hidden_bias_init)(x))
-        return nn.Dense(1, kernel_init=uniform_init(3e-3), bias_init=uniform_init(3e-3))(x).squeeze(-1)
+            x = nn.relu(dense(self.hidden_dim)(x))
+        return dense(1, bound=3e-3)(x).squeeze(-1)
 
 
 # --- Train state ---
@@ -277,34 +129,54 @@ class SACNState(NamedTuple):
 
 
 def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
-    """One agent per seed, stacked on a leading [num_seeds] axis; seed i starts as a run with train_seed + i."""
-    obs, actions = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
-    # N independent critics with stacked parameters: one batched matmul per layer, Q-values [num_critics, batch]
-    ensemble = {"variable_axes": {"params": 0}, "split_rngs": {"params": True}, "axis_size": config.num_critics}
-    actor_net, critic_net = Actor(action_dim, config.hidden_dim), nn.vmap(Critic, in_axes=None, **ensemble)
-    critic_net = critic_net(config.hidden_dim)
+    """An agent per seed on a leading [num_seeds] axis; seed i starts as a run of train_seed + i."""
+    obs = jnp.zeros((1, obs_dim))
+    actions = jnp.zeros((1, action_dim))
+    actor_net = Actor(action_dim, config.hidden_dim)
+    # N independent critics, their parameters stacked: one batched matmul per layer
+    ensemble = nn.vmap(
+        Critic,
+        in_axes=None,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        axis_size=config.num_critics,
+    )
+    critic_net = ensemble(config.hidden_dim)
 
-    def create(seed: jax.Array) -> SACNState:
+    def create(seed):
         actor_key, critic_key, key = jax.random.split(jax.random.PRNGKey(seed), 3)
-        actor_params, critic_params = actor_net.init(actor_key, obs), critic_net.init(critic_key, obs, actions)
-        actor_tx, critic_tx = optax.adam(config.actor_learning_rate), optax.adam(config.critic_learning_rate)
-        actor = TrainState.create(apply_fn=actor_net.apply, params=actor_params, tx=actor_tx)
-        target = jax.tree.map(jnp.copy, critic_params)  # a copy: train_epoch donates its state's buffers
-        critic = CriticTrainState.create(
-            apply_fn=critic_net.apply, params=critic_params, target_params=target, tx=critic_tx
+        actor = TrainState.create(
+            apply_fn=actor_net.apply,
+            params=actor_net.init(actor_key, obs),
+            tx=optax.adam(config.actor_learning_rate),
         )
-        # log_alpha starts at 0 (alpha = 1), as in CORL
-        alpha_tx, log_alpha = optax.adam(config.alpha_learning_rate), {"log_alpha": jnp.array(0.0)}
-        log_alpha = TrainState.create(apply_fn=None, params=log_alpha, tx=alpha_tx)
+        critic_params = critic_net.init(critic_key, obs, actions)
+        critic = CriticTrainState.create(
+            apply_fn=critic_net.apply,
+            params=critic_params,
+            # a copy: train_epoch donates its state's buffers
+            target_params=jax.tree.map(jnp.copy, critic_params),
+            tx=optax.adam(config.critic_learning_rate),
+        )
+        log_alpha = TrainState.create(
+            apply_fn=None,
+            params={"log_alpha": jnp.zeros(())},  # alpha = 1 at the start, as in CORL
+            tx=optax.adam(config.alpha_learning_rate),
+        )
         return SACNState(actor, critic, log_alpha, key)
 
-    state = jax.jit(jax.vmap(create))(jnp.arange(config.train_seed, config.train_seed + config.num_seeds))
-    return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)  # strong dtypes: one compile per run
+    seeds = jnp.arange(config.train_seed, config.train_seed + config.num_seeds)
+    state = jax.jit(jax.vmap(create))(seeds)
+    # the step counters start as Python ints, which JAX types weakly; the epoch would return them
+    # strongly typed, and the changed argument types would compile the epoch a second time
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)
 
 
 # --- Policy ---
-def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_action: float) -> tuple:
-    """A reparameterised tanh-Gaussian sample from standard normal `noise`, scaled to max_action, and its log-prob."""
+def sample_action(
+    noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_action: float
+) -> tuple:
+    """A reparameterised tanh-Gaussian sample from standard normal noise, and its log-prob."""
     pre_tanh = mean + jnp.exp(log_std) * noise
     gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)): exact and stable, where CORL's
@@ -314,14 +186,21 @@ def sample_action(noise: jax.Array, mean: jax.Array, log_std: jax.Array, max_act
     return jnp.tanh(pre_tanh) * max_action, log_probs
 
 
+@jax.jit
+def deterministic_action(actor: TrainState, obs: jax.Array, max_action: float) -> jax.Array:
+    """The evaluation action tanh(mean) of every seed; obs is [num_seeds, num_envs, obs_dim]."""
+    mean, _ = jax.vmap(actor.apply_fn)(actor.params, obs)
+    return jnp.tanh(mean) * max_action
+
+
 # --- Updates ---
-def update_alpha(policy_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
+def update_alpha(noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple:
     mean, log_std = state.actor.apply_fn(state.actor.params, batch.obs)
-    # the actor update's sample, where CORL draws another: the same in expectation, and one actor pass serves both
-    _, log_probs = sample_action(policy_noise, mean, log_std, config.max_action)
+    # the actor loss's noise, where CORL draws another sample: the same in expectation
+    _, log_probs = sample_action(noise, mean, log_std, config.max_action)
     target_entropy = -batch.actions.shape[-1]  # SAC's heuristic -dim(A), as CORL
 
-    def alpha_loss_fn(params: dict[str, jax.Array]) -> jax.Array:
+    def alpha_loss_fn(params):
         return -(params["log_alpha"] * (log_probs + target_entropy)).mean()
 
     loss, grads = jax.value_and_grad(alpha_loss_fn)(state.log_alpha.params)
@@ -329,64 +208,90 @@ def update_alpha(policy_noise: jax.Array, state: SACNState, batch: Batch, config
     return log_alpha, {"alpha_loss": loss, "alpha": jnp.exp(log_alpha.params["log_alpha"])}
 
 
-def update_actor(policy_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
-    actor, critic, alpha = state.actor, state.critic, jnp.exp(state.log_alpha.params["log_alpha"])
+def update_actor(noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple:
+    actor, critic = state.actor, state.critic
+    alpha = jnp.exp(state.log_alpha.params["log_alpha"])
 
-    def actor_loss_fn(actor_params: Any) -> tuple[jax.Array, dict]:
+    def actor_loss_fn(actor_params):
         mean, log_std = actor.apply_fn(actor_params, batch.obs)
-        actions, log_probs = sample_action(policy_noise, mean, log_std, config.max_action)
+        actions, log_probs = sample_action(noise, mean, log_std, config.max_action)
         q_values = critic.apply_fn(critic.params, batch.obs, actions)  # [num_critics, batch_size]
         # the minimum over N critics is SAC-N's pessimism, stronger where the ensemble disagrees
         loss = (alpha * log_probs - q_values.min(axis=0)).mean()
+        info = {"actor_loss": loss, "batch_entropy": -log_probs.mean()}
         # population std over the ensemble (0 for N=1); CORL's torch.std is the sample std
-        info = {"actor_loss": loss, "batch_entropy": -log_probs.mean(), "q_policy_std": q_values.std(axis=0).mean()}
+        info["q_policy_std"] = q_values.std(axis=0).mean()
         return loss, info
 
     grads, info = jax.grad(actor_loss_fn, has_aux=True)(actor.params)
     return actor.apply_gradients(grads=grads), info
 
 
-def update_critic(next_noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple[TrainState, dict]:
-    actor, critic, alpha = state.actor, state.critic, jnp.exp(state.log_alpha.params["log_alpha"])
+def diversity_loss(critic_params: Any, critic: TrainState, batch: Batch) -> jax.Array:
+    """EDAC's ensemble similarity term (CORL's diversity loss): the cosine similarity of two
+    critics' gradients of Q with respect to the dataset's action, summed over the ordered pairs of
+    distinct critics (each pair twice), averaged over the batch and divided by N - 1."""
+    q_values = partial(critic.apply_fn, critic_params)  # of one (obs, action): [num_critics]
+    # forward mode: a pass per action dimension gives every critic's (jacrev: a pass per critic)
+    grads = jax.vmap(jax.jacfwd(q_values, argnums=1))(
+        batch.obs, batch.actions
+    )  # [batch, N, action]
+    # safe_norm: a zero gradient's norm has gradient 0 (as in torch), where jnp.linalg.norm's is NaN
+    grads = grads / (optax.safe_norm(grads, 0.0, axis=-1, keepdims=True) + 1e-10)  # 1e-10: EDAC's
+    similarities = grads @ grads.swapaxes(1, 2)  # [batch_size, num_critics, num_critics]
+    num_critics = grads.shape[1]
+    distinct_pairs = 1.0 - jnp.eye(num_critics)
+    return (similarities * distinct_pairs).sum(axis=(1, 2)).mean() / (num_critics - 1)
+
+
+def update_critic(noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple:
+    actor, critic = state.actor, state.critic
+    alpha = jnp.exp(state.log_alpha.params["log_alpha"])
     mean, log_std = actor.apply_fn(actor.params, batch.next_obs)
-    next_actions, next_log_probs = sample_action(next_noise, mean, log_std, config.max_action)
-    next_q_values = critic.apply_fn(critic.target_params, batch.next_obs, next_actions)  # [num_critics, batch_size]
+    next_actions, next_log_probs = sample_action(noise, mean, log_std, config.max_action)
+    next_q_values = critic.apply_fn(critic.target_params, batch.next_obs, next_actions)
     # one target for all critics, from the minimum over the target ensemble (the paper's Eq. 3)
     next_values = next_q_values.min(axis=0) - alpha * next_log_probs
     targets = batch.rewards + config.gamma * (1.0 - batch.dones) * next_values
 
-    def critic_loss_fn(critic_params: Any) -> jax.Array:
-        q_values = critic.apply_fn(critic_params, batch.obs, batch.actions)  # [num_critics, batch_size]
-        # MSE over the batch, summed over critics (CORL): each critic's gradient does not shrink with N
-        return ((q_values - targets) ** 2).mean(axis=1).sum()
+    def critic_loss_fn(critic_params):
+        q_values = critic.apply_fn(critic_params, batch.obs, batch.actions)  # [N, batch_size]
+        # MSE over the batch, summed over critics (CORL): a critic's gradient does not shrink with N
+        loss = ((q_values - targets) ** 2).mean(axis=1).sum()
+        if config.eta == 0:  # SAC-N: EDAC's term is not even traced
+            return loss, {"critic_loss": loss}
+        diversity = diversity_loss(critic_params, critic, batch)
+        loss = loss + config.eta * diversity
+        return loss, {"critic_loss": loss, "diversity_loss": diversity}
 
-    loss, grads = jax.value_and_grad(critic_loss_fn)(critic.params)
+    grads, info = jax.grad(critic_loss_fn, has_aux=True)(critic.params)
     critic = critic.apply_gradients(grads=grads)
-    target_params = optax.incremental_update(critic.params, critic.target_params, config.tau)  # Polyak averaging
-    return dataclasses.replace(critic, target_params=target_params), {"critic_loss": loss}
+    target_params = optax.incremental_update(critic.params, critic.target_params, config.tau)
+    return dataclasses.replace(critic, target_params=target_params), info
 
 
 # --- Training epoch ---
-class UpdateDraws(NamedTuple):  # the random numbers of one update; an epoch's on a leading [num_updates_on_epoch] axis
+class UpdateDraws(NamedTuple):  # one update's random numbers; an epoch's have a leading axis
     indices: jax.Array  # [batch_size] the dataset rows of the batch
     policy_noise: jax.Array  # [batch_size, action_dim] standard normal: the policy's actions on obs
     next_noise: jax.Array  # [batch_size, action_dim] standard normal: its actions on next_obs
 
 
 def draw_epoch(key: jax.Array, dataset: Batch, config: Config) -> UpdateDraws:
-    """Every update's random numbers of an epoch, before the update loop (faster, benchmarks/README.md): 13 MB."""
+    """An epoch's random numbers, drawn before its updates (faster on CPU: benchmarks/README.md)."""
     index_key, policy_key, next_key = jax.random.split(key, 3)
     shape = (config.num_updates_on_epoch, config.batch_size)
+    noise_shape = (*shape, dataset.actions.shape[-1])
     return UpdateDraws(
         indices=jax.random.randint(index_key, shape, 0, dataset.rewards.shape[0]),
-        policy_noise=jax.random.normal(policy_key, (*shape, dataset.actions.shape[-1])),
-        next_noise=jax.random.normal(next_key, (*shape, dataset.actions.shape[-1])),
+        policy_noise=jax.random.normal(policy_key, noise_shape),
+        next_noise=jax.random.normal(next_key, noise_shape),
     )
 
 
-def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: Config) -> tuple[SACNState, dict]:
+def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: Config) -> tuple:
     batch = jax.tree.map(lambda array: array[draws.indices], dataset)
-    # alpha -> actor -> critic, each seeing the updates before it: EDAC's order, better than critic first (CORL)
+    # alpha -> actor -> critic, each seeing the updates before it: EDAC's order, as CORL
     log_alpha, alpha_info = update_alpha(draws.policy_noise, state, batch, config)
     state = state._replace(log_alpha=log_alpha)
     actor, actor_info = update_actor(draws.policy_noise, state, batch, config)
@@ -397,67 +302,328 @@ def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: C
 
 @partial(jax.jit, static_argnames="config", donate_argnames="state")
 def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict]:
-    """Every seed's epoch in one compiled call; the dataset is an argument (a captured one would be compiled in)."""
+    """Every seed's epoch in one compiled call: the metrics are epoch means, [num_seeds] each. The
+    dataset is an argument; a captured one would be compiled into the program."""
 
-    def agent_epoch(state: SACNState) -> tuple[SACNState, dict]:
+    def agent_epoch(state):
         key, draws_key, random_key = jax.random.split(state.key, 3)
-        epoch_draws = draw_epoch(draws_key, dataset, config)
-        state, infos = jax.lax.scan(partial(update_sac_n, dataset=dataset, config=config), state, epoch_draws)
-        # the ensemble's spread on random actions, large where the critics disagree off the data, on one batch
-        obs, shape = dataset.obs[epoch_draws.indices[-1]], epoch_draws.policy_noise.shape[1:]
-        random_actions = jax.random.uniform(random_key, shape, minval=-config.max_action, maxval=config.max_action)
-        q_values = state.critic.apply_fn(state.critic.params, obs, random_actions)  # [num_critics, batch_size]
-        return state._replace(key=key), {**jax.tree.map(jnp.mean, infos), "q_random_std": q_values.std(0).mean()}
+        draws = draw_epoch(draws_key, dataset, config)
+        update = partial(update_sac_n, dataset=dataset, config=config)
+        state, infos = jax.lax.scan(update, state, draws)
+        metrics = {name: values.mean() for name, values in infos.items()}
+        # the ensemble's spread on random actions, large where the critics disagree off the data
+        obs = dataset.obs[draws.indices[-1]]
+        bound = config.max_action
+        actions = jax.random.uniform(
+            random_key, draws.policy_noise.shape[1:], minval=-bound, maxval=bound
+        )
+        q_values = state.critic.apply_fn(state.critic.params, obs, actions)  # [N, batch_size]
+        metrics["q_random_std"] = q_values.std(axis=0).mean()
+        return state._replace(key=key), metrics
 
     return jax.vmap(agent_epoch)(state)
 
 
 def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
-    """Split the seed axis over the devices (one seed group per GPU); every device holds the dataset."""
+    """The seed axis split over the devices, the dataset copied to each."""
+    # the seeds must split evenly: the most devices whose count divides num_seeds
     num_devices = math.gcd(num_seeds, jax.device_count())
-    if num_devices == 1:  # a one-device sharding would only change the state's type and recompile the epoch
+    if num_devices == 1:  # a one-device sharding would only change the state's type: a recompile
         return state, dataset
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("seeds",))
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds")))
-    return state, jax.device_put(dataset, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ["seeds"])
+    state = jax.device_put(state, jax.NamedSharding(mesh, jax.P("seeds")))
+    return state, jax.device_put(dataset, jax.NamedSharding(mesh, jax.P()))
+
+
+# ============================ run harness: below this line, the algorithm above becomes a tool
+
+
+# --- Options ---
+def fail(message: str) -> NoReturn:
+    raise SystemExit(f"{os.path.basename(__file__)}: error: {' '.join(message.split())}")
+
+
+def strict(kind: type, value: Any) -> Any:
+    """pyrallis's decoder of int, float and bool, without its 3.5 to 3 and maybe to True."""
+    if kind is float and type(value) in (int, str):
+        value = float(value)  # YAML reads 3e-4 (no dot) as text; float() fails on other text
+    if type(value) is not kind:
+        raise TypeError(f"not {kind.__name__}")
+    return value
+
+
+for kind in (int, float, bool):
+    pyrallis.decode.register(kind, partial(strict, kind))
+FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(Config)}
+
+
+def decode_option(name: str, value: Any, source: str) -> Any:
+    if name not in FIELD_TYPES:
+        close = difflib.get_close_matches(name, FIELD_TYPES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fail(f"unknown option '{name}' in {source}; {hint}(see --help)")
+    try:
+        return pyrallis.decode(FIELD_TYPES[name], value)
+    except (TypeError, ValueError):
+        kind = FIELD_TYPES[name].__name__
+        fail(f"option {name} must be of type {kind}, got '{value}' in {source}")
+
+
+class OptionParser(pyrallis.argparsing.ArgumentParser):
+    """pyrallis's parser (its --help shows the Config's comments), strict: exact option names
+    (argparse would take --num_critic for --num_critics), values of their field's type, and one
+    line for each error."""
+
+    def error(self, message: str) -> NoReturn:  # argparse's, e.g. an option without its value
+        fail(f"{message} (see --help)")
+
+    def _postprocessing(self, flags: Any) -> Config:
+        """pyrallis's step from argparse's text to the Config: the file's values, then the flags'
+        over them, each decoded where its error can still say where it came from."""
+        flags = vars(flags)
+        path = flags.pop("config_path", None)
+        values = {}
+        if path is not None:
+            try:
+                with open(path) as file:
+                    file_values = yaml.safe_load(file)
+            except (OSError, yaml.YAMLError) as error:
+                fail(f"cannot read config file {path}: {error}")
+            if not isinstance(file_values, dict):
+                fail(f"config file {path} must be a mapping of option: value, not {file_values!r}")
+            for name, value in file_values.items():
+                values[name] = decode_option(name, value, path)
+        for name, text in flags.items():
+            values[name] = decode_option(name, yaml.safe_load(text), "the command line")
+        return Config(**values)
+
+
+def check_config(config: Config) -> None:
+    """Every option's range, before any data loads."""
+
+    def require(holds, name, requirement):
+        if not holds:
+            fail(f"option {name} must be {requirement}, got {getattr(config, name)!r}")
+
+    counts = ["hidden_dim", "num_critics", "batch_size", "num_epochs", "num_updates_on_epoch"]
+    for name in [*counts, "eval_episodes", "eval_every", "num_seeds"]:
+        require(getattr(config, name) >= 1, name, "at least 1")
+    rates = ["actor_learning_rate", "critic_learning_rate", "alpha_learning_rate"]
+    for name in [*rates, "max_action"]:
+        require(0 < getattr(config, name) < math.inf, name, "positive")
+    require(0 < config.tau <= 1, "tau", "in (0, 1]")
+    require(0 <= config.gamma <= 1, "gamma", "in [0, 1]")
+    require(0 <= config.eta < math.inf, "eta", "at least 0 (0 is SAC-N)")
+    # EDAC's term divides by N - 1
+    require(config.eta == 0 or config.num_critics > 1, "num_critics", "at least 2 with eta > 0")
+    # the seeds are train_seed + i and eval_seed + j; a JAX key would take 2**32 + 10 as 10
+    for name, count in [("train_seed", config.num_seeds), ("eval_seed", config.eval_episodes)]:
+        require(0 <= getattr(config, name) <= 2**32 - count, name, f"in [0, 2**32 - {count}]")
+    minari = "/" in config.env_name
+    d4rl = config.env_name in D4RL_NAMES
+    require(d4rl or minari or config.dataset_path, "env_name", "a D4RL name")
+    require(config.eval_env in [None, *gym.registry], "eval_env", "a gymnasium id like Hopper-v4")
+    domain = d4rl_domain(config.env_name)
+    require(config.eval_env or minari or domain, "eval_env", "set: no D4RL domain")
+    path = config.checkpoints_path
+    require(path or not (config.resume or config.eval_only), "checkpoints_path", "set to resume")
+    require(not os.path.isfile(path or ""), "checkpoints_path", "a directory, not a file")
+
+
+def parse_config(args: Optional[list[str]] = None) -> Config:
+    """Options from a YAML file (--config_path) and --option=value flags over it, checked."""
+    config, unknown = OptionParser(Config, allow_abbrev=False).parse_known_args(args)
+    if unknown:  # a misspelt option, or a word that is no option: decoding it says so
+        decode_option(unknown[0].removeprefix("--").split("=")[0], None, "the command line")
+    check_config(config)
+    return config
+
+
+# --- Data ---
+# D4RL v2 data was collected in gym's v3 MuJoCo envs; the v4 envs have the same models
+D4RL_EVAL_ENV = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# random and expert returns: D4RL's score is 100 * (return - random) / (expert - random)
+D4RL_REF_SCORES = {
+    "halfcheetah": (-280.178953, 12135.0),
+    "hopper": (-20.272305, 3234.3),
+    "walker2d": (1.629008, 4592.3),
+}
+D4RL_LEVELS = ["random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"]
+D4RL_NAMES = [f"{domain}-{level}-v2" for domain in D4RL_EVAL_ENV for level in D4RL_LEVELS]
+D4RL_KEYS = ["observations", "actions", "rewards", "terminals", "timeouts"]
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
+
+
+def d4rl_domain(env_name: str) -> Optional[str]:
+    domain = env_name.split("-")[0]
+    return domain if domain in D4RL_EVAL_ENV else None
+
+
+def d4rl_file(env_name: str) -> str:
+    """The file d4rl reads (~/.d4rl/datasets/hopper_medium_replay-v2.hdf5); downloaded if absent."""
+    file_name = env_name.replace("-", "_").replace("_v2", "-v2.hdf5")
+    directory = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
+    path = os.path.join(directory, file_name)
+    if os.path.exists(path):
+        return path
+    url = f"{D4RL_URL}/{file_name}"
+    print(f"downloading {url} to {path}")
+    try:  # to a temporary name, renamed when complete: a failed download leaves nothing behind
+        os.makedirs(directory, exist_ok=True)
+        urllib.request.urlretrieve(url, path + ".part")  # fails if fewer bytes come than announced
+        os.replace(path + ".part", path)
+    except (OSError, http.client.HTTPException) as error:  # a cut-off chunked body: IncompleteRead
+        if os.path.exists(path + ".part"):
+            os.remove(path + ".part")
+        fail(
+            f"{path} is missing and downloading {url} failed ({error}): put it there, "
+            "or set D4RL_DATASET_DIR"
+        )
+    return path
+
+
+def qlearning_dataset(path: str) -> dict:
+    """Transitions as d4rl's `qlearning_dataset` reads them: one per row but the last and those
+    flagged `timeouts`, its next_obs the next row's observation."""
+    if os.path.isdir(path):
+        fail(f"dataset file {path} is a directory")
+    if not os.path.exists(path):
+        fail(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as file:
+            data = {key: file[key][()] for key in D4RL_KEYS if key in file}
+    except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, unreadable
+        fail(f"cannot read {path} as HDF5 ({error}): download it again")
+    shapes = {key: data[key].shape if key in data else "missing" for key in D4RL_KEYS}
+    ranks = [np.ndim(data.get(key)) for key in D4RL_KEYS]  # 0 if missing
+    if ranks != [2, 2, 1, 1, 1] or len({len(array) for array in data.values()}) > 1:
+        fail(
+            f"{path} is not in the D4RL layout, [rows, dim] observations and actions, [rows] rest: "
+            f"{shapes}"
+        )
+    for key in ["terminals", "timeouts"]:
+        if not np.isin(data[key], [0, 1]).all():
+            fail(f"{path} has {key} other than 0 and 1")
+    rows = np.flatnonzero(data["timeouts"][:-1] == 0)
+    return {
+        "obs": data["observations"][rows],
+        "actions": data["actions"][rows],
+        "rewards": data["rewards"][rows],
+        "next_obs": data["observations"][rows + 1],
+        "dones": data["terminals"][rows],
+    }
+
+
+def load_minari(dataset_id: str) -> tuple:
+    import minari  # only needed for Minari ids
+
+    try:
+        dataset = minari.load_dataset(dataset_id)
+    except Exception as error:  # minari raises several kinds for a missing or unreadable dataset
+        fail(
+            f"cannot load Minari dataset {dataset_id} ({error}); "
+            f"get it with `minari download {dataset_id}`"
+        )
+    episodes = list(dataset.iterate_episodes())
+
+    def stacked(name, rows=slice(None)):
+        return np.concatenate([getattr(episode, name)[rows] for episode in episodes])
+
+    # every episode's final observation is stored, so no transition is dropped
+    transitions = {"obs": stacked("observations", slice(-1)), "actions": stacked("actions")}
+    transitions["rewards"] = stacked("rewards")
+    transitions["next_obs"] = stacked("observations", slice(1, None))
+    transitions["dones"] = stacked("terminations")
+    # reference scores are dataset metadata (minari.get_normalized_score reads them there)
+    metadata = dataset.storage.metadata
+    ref_scores = (metadata.get("ref_min_score", math.nan), metadata.get("ref_max_score", math.nan))
+    return transitions, partial(dataset.recover_environment, eval_env=True), ref_scores
+
+
+def on_mujoco_warning(text: str) -> None:
+    if "settotalmass" not in text:  # about the models of D4RL's envs: noise, not an error
+        print(f"MuJoCo: {text}", file=sys.stderr)
+
+
+def load_task(config: Config) -> tuple:
+    """The dataset on the device, the eval env's constructor and the reference scores."""
+    # gymnasium's note on the v4 envs (they are D4RL's), and MuJoCo's warnings without a log file
+    warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
+    mujoco.set_mju_user_warning(on_mujoco_warning)
+    if "/" in config.env_name and config.dataset_path is None:
+        transitions, make_env, ref_scores = load_minari(config.env_name)
+        source = f"Minari dataset {config.env_name}"
+    else:
+        source = config.dataset_path or d4rl_file(config.env_name)
+        transitions = qlearning_dataset(source)
+        domain = d4rl_domain(config.env_name)
+        make_env = partial(gym.make, config.eval_env or D4RL_EVAL_ENV.get(domain))
+        ref_scores = D4RL_REF_SCORES.get(domain, (0.0, math.nan))  # none outside D4RL's domains
+    env = make_env()
+    dims = [transitions["obs"].shape[1], transitions["actions"].shape[1]]
+    env_dims = [env.observation_space.shape[0], env.action_space.shape[0]]
+    if dims != env_dims:
+        fail(
+            f"{source} has obs/action dims {dims} but eval env {env.spec.id} has {env_dims}: "
+            "check env_name, eval_env"
+        )
+    for key, array in transitions.items():
+        if not np.isfinite(array).all():
+            fail(f"{source} has NaN or inf values in {key}")
+    if config.batch_size > len(transitions["rewards"]):
+        size = len(transitions["rewards"])
+        fail(f"batch_size {config.batch_size} is larger than the dataset ({size} transitions)")
+    actions = transitions["actions"]
+    outside = np.abs(actions) > config.max_action  # actions only the critics see: a warning
+    if outside.any():
+        warning = f"{outside.sum()} of {outside.size} action values in {source} are outside "
+        warning += f"[-max_action, max_action], in [{actions.min():.3g}, {actions.max():.3g}]"
+        print(f"warning: {warning}: check max_action", file=sys.stderr)
+    dataset = Batch(**{key: jnp.asarray(array, jnp.float32) for key, array in transitions.items()})
+    return dataset, make_env, ref_scores
 
 
 # --- Evaluation ---
-@jax.jit
-def deterministic_action(actor: TrainState, obs: jax.Array, max_action: float) -> jax.Array:
-    """Every seed's tanh(mean) action; obs is [num_seeds, num_envs, obs_dim]."""
-    mean, _ = jax.vmap(actor.apply_fn)(actor.params, obs)
-    return jnp.tanh(mean) * max_action
-
-
-def evaluate(actor: TrainState, envs: list, ref_scores: tuple, config: Config) -> tuple[dict, np.ndarray, np.ndarray]:
-    """One episode per env, envs[i][j] for seed i, all stepped in lockstep (the actor runs once per step) and every
-    seed from the same start states: the metrics, and the returns and D4RL scores [num_seeds, num_episodes]."""
-    obs = np.stack([[env.reset(seed=config.eval_seed + index)[0] for index, env in enumerate(row)] for row in envs])
-    returns, done = np.zeros(obs.shape[:2]), np.zeros(obs.shape[:2], dtype=bool)
+def evaluate(actor: TrainState, envs: gym.vector.VectorEnv, ref_scores: tuple, config: Config):
+    """Metrics, returns and D4RL scores [num_seeds, eval_episodes]: an episode per env, one actor
+    call per step for all; env k is seed k // eval_episodes's, reset with eval_seed + episode."""
+    episodes = np.arange(envs.num_envs) % config.eval_episodes
+    obs, _ = envs.reset(seed=(config.eval_seed + episodes).tolist())
+    returns = np.zeros(envs.num_envs)
+    done = np.zeros(envs.num_envs, dtype=bool)
     while not done.all():
-        actions = np.asarray(deterministic_action(actor, obs, config.max_action))
-        for i, j in zip(*np.nonzero(~done)):
-            obs[i, j], reward, terminated, truncated, _ = envs[i][j].step(actions[i, j])
-            returns[i, j] += reward
-            done[i, j] = terminated or truncated
+        seed_obs = obs.reshape(config.num_seeds, config.eval_episodes, -1)
+        actions = np.asarray(deterministic_action(actor, seed_obs, config.max_action))
+        obs, rewards, terminated, truncated, _ = envs.step(actions.reshape(envs.num_envs, -1))
+        returns += np.where(done, 0.0, rewards)  # an ended episode's env starts another one
+        done |= terminated | truncated
+    returns = returns.reshape(config.num_seeds, config.eval_episodes)
     scores = 100 * (returns - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
     metrics = {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()}
-    metrics.update({"eval/normalized_score_mean": scores.mean(), "eval/normalized_score_std": scores.std()})
-    if config.num_seeds > 1:  # each seed's means, and their std: the paper's "mean +- std over seeds"
-        seeds = range(config.train_seed, config.train_seed + config.num_seeds)
-        metrics |= {f"eval/seed_{seed}/return_mean": value for seed, value in zip(seeds, returns.mean(axis=1))}
-        metrics |= {f"eval/seed_{seed}/normalized_score_mean": value for seed, value in zip(seeds, scores.mean(axis=1))}
+    metrics["eval/normalized_score_mean"] = scores.mean()
+    metrics["eval/normalized_score_std"] = scores.std()
+    if config.num_seeds > 1:  # each seed's means, and their std: the paper's "mean +- std"
+        for index in range(config.num_seeds):
+            seed = config.train_seed + index
+            metrics[f"eval/seed_{seed}/return_mean"] = returns[index].mean()
+            metrics[f"eval/seed_{seed}/normalized_score_mean"] = scores[index].mean()
         metrics["eval/normalized_score_seed_std"] = scores.mean(axis=1).std()
     return metrics, returns, scores
 
 
 # --- Main ---
-def write_file(path: str, content: Any) -> None:
-    """Bytes, or what content(file) writes, via a temporary file: a kill or a full disk leaves no half-written file."""
+SCORE_COLUMNS = "epoch seed train_seconds return_mean return_std score_mean score_std".split()
+# what may change when a saved run is resumed: when it ends and how it is evaluated
+MAY_CHANGE = (
+    "num_epochs eval_episodes eval_every eval_seed checkpoints_path resume eval_only".split()
+)
+
+
+def write_file(path: str, write: Callable) -> None:
+    """write(file) to a temporary file, renamed once complete: no half-written file, ever."""
     try:
         with open(path + ".tmp", "wb") as file:
-            content(file) if callable(content) else file.write(content)
+            write(file)
         os.replace(path + ".tmp", path)
     except OSError as error:
         if os.path.exists(path + ".tmp"):
@@ -465,96 +631,169 @@ def write_file(path: str, content: Any) -> None:
         fail(f"cannot write {path} ({error}); the run stopped, its last complete files are kept")
 
 
-def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
-    leaves = jax.device_get(jax.tree.leaves(state))
-    write_file(f"{directory}/checkpoint.npz", lambda file: np.savez(file, *leaves, run=json.dumps(run)))
-
-
 def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, dict]:
-    path, (template_leaves, treedef) = f"{directory}/checkpoint.npz", jax.tree.flatten(template)
+    path = f"{directory}/checkpoint.npz"
+    template_leaves, treedef = jax.tree.flatten(template)
     try:
         with np.load(path) as data:
-            leaves, run = [data[f"arr_{index}"] for index in range(len(template_leaves))], json.loads(str(data["run"]))
+            leaves = [jnp.asarray(data[f"arr_{index}"]) for index in range(len(template_leaves))]
+            run = json.loads(str(data["run"]))
     except Exception as error:  # np.load raises many kinds for a damaged file
-        fail(f"cannot read checkpoint {path} ({error}): it is damaged or not a checkpoint; resume from a copy")
-    if [(leaf.shape, leaf.dtype) for leaf in leaves] != [(leaf.shape, leaf.dtype) for leaf in template_leaves]:
-        fail(f"checkpoint {path} does not fit the config: its arrays have other shapes than this config's state")
-    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves]), run
+        fail(f"cannot read checkpoint {path} ({error}): it is damaged or not a checkpoint")
+    shapes = [(leaf.shape, leaf.dtype) for leaf in leaves]
+    if shapes != [(leaf.shape, leaf.dtype) for leaf in template_leaves]:
+        fail(f"checkpoint {path} does not fit the config: its arrays have other shapes")
+    return jax.tree.unflatten(treedef, leaves), run
 
 
-def train(config: Config, state: SACNState, dataset: Batch, eval_envs: list, ref_scores: tuple, run: dict) -> None:
-    seeds = list(range(config.train_seed, config.train_seed + config.num_seeds))
-    if config.eval_only:  # print the saved agents' evaluation
-        metrics = evaluate(state.actor, eval_envs, ref_scores, config)[0]
-        return print("\n".join(f"{name}: {value:.3f}" for name, value in metrics.items()))
-    os.makedirs(directory := config.checkpoints_path or f"results/{run['name']}", exist_ok=True)
-    if not config.resume and config.checkpoints_path:
-        write_file(f"{directory}/config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
+def start_wandb(config: Config, run: dict) -> None:
     # never wait at wandb's login prompt: with no WANDB_MODE and no API key, log offline and say so
     offline = "WANDB_MODE" not in os.environ and not wandb.login(prompt=False, verify=False)
-    wandb_args = {"project": config.project, "group": config.group, "name": run["name"], "id": run["wandb_id"]}
-    wandb_args.update(resume="allow", config=dataclasses.asdict(config), mode="offline" if offline else None)
-    wandb_run = wandb.init(**wandb_args, settings=wandb.Settings(quiet=True))  # quiet: no run summary at the end
+    wandb_run = wandb.init(
+        project=config.project,
+        group=config.group,
+        name=run["name"],
+        id=run["wandb_id"],
+        resume="allow",
+        config=dataclasses.asdict(config),
+        mode="offline" if offline else None,
+        settings=wandb.Settings(quiet=True),  # no run summary at the end
+    )
     if offline:
-        print(f"wandb: no login, so logging offline; upload with `wandb login; wandb sync {wandb_run.dir[:-6]}`")
-    stops = []  # SIGINT/SIGTERM: finish the epoch, checkpoint and exit; a second one stops at once
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *args: signal.default_int_handler(*args) if stops else stops.append(args[0]))
-    epochs = trange(run["epoch"] + 1, config.num_epochs + 1, initial=run["epoch"], total=config.num_epochs)
+        upload = f"wandb login; wandb sync {wandb_run.dir.removesuffix('/files')}"
+        print(f"wandb: no login, so logging offline; upload with `{upload}`")
+
+
+def catch_stop_signals() -> list[int]:
+    """A list for the first SIGINT or SIGTERM (the run ends after the epoch); a second: at once."""
+    stops = []
+
+    def on_signal(number, frame):
+        if stops:
+            signal.default_int_handler(number, frame)
+        stops.append(number)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stops
+
+
+def check_finite(metrics: dict, config: Config, run: dict, directory: str) -> None:
+    for name, values in metrics.items():
+        if not np.isfinite(values).all():
+            seed = config.train_seed + np.argmin(np.isfinite(values))  # the first bad one
+            saved = os.path.isfile(f"{directory}/checkpoint.npz")
+            kept = f"; the last checkpoint is in {directory}" if saved else ""
+            fail(f"non-finite {name} at epoch {run['epoch']}, seed {seed}: training stopped{kept}")
+
+
+def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
+    leaves = jax.device_get(jax.tree.leaves(state))
+    write_file(
+        f"{directory}/checkpoint.npz", lambda file: np.savez(file, *leaves, run=json.dumps(run))
+    )
+
+
+def record_scores(
+    returns: np.ndarray, scores: np.ndarray, config: Config, run: dict, directory: str
+):
+    """A row per seed in the run's scores, and scores.csv written anew from them."""
+    for index in range(config.num_seeds):
+        row = [run["epoch"], config.train_seed + index, round(run["train_seconds"], 2)]
+        row += [returns[index].mean(), returns[index].std()]
+        row += [scores[index].mean(), scores[index].std()]
+        run["scores"].append(dict(zip(SCORE_COLUMNS, row)))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(run["scores"])
+    write_file(f"{directory}/scores.csv", lambda file: file.write(text.getvalue().encode()))
+
+
+def train(config: Config, state: SACNState, dataset: Batch, evaluate_actor: Callable, run: dict):
+    directory = config.checkpoints_path or f"results/{run['name']}"
+    os.makedirs(directory, exist_ok=True)
+    start_wandb(config, run)
+    stops = catch_stop_signals()
+    epochs = trange(
+        run["epoch"] + 1, config.num_epochs + 1, initial=run["epoch"], total=config.num_epochs
+    )
     for epoch in epochs:
         start = time.perf_counter()
         state, metrics = train_epoch(state, dataset, config)
-        metrics = jax.device_get(metrics)  # the one host sync of the epoch: [num_seeds] per metric
-        run.update(epoch=epoch, train_seconds=run["train_seconds"] + time.perf_counter() - start)
-        if bad := [(name, seeds[i]) for name, values in metrics.items() for i in np.flatnonzero(~np.isfinite(values))]:
-            kept = f"; the last checkpoint is in {directory}" if os.path.isfile(f"{directory}/checkpoint.npz") else ""
-            fail(f"non-finite {bad[0][0]} at epoch {epoch}, seed {bad[0][1]}: training stopped{kept}")
+        metrics = jax.device_get(metrics)  # the one host sync of the epoch
+        run["epoch"] = epoch
+        run["train_seconds"] += time.perf_counter() - start
+        check_finite(metrics, config, run, directory)
         log = {name: values.mean() for name, values in metrics.items()}  # means over seeds
-        log["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)  # with the compile
-        if evaluated := epoch % config.eval_every == 0 or epoch == config.num_epochs:
-            eval_log, returns, scores = evaluate(state.actor, eval_envs, ref_scores, config)
-            stats = np.stack([returns.mean(1), returns.std(1), scores.mean(1), scores.std(1)], axis=1).tolist()
-            run["scores"] += [[epoch, seed, round(run["train_seconds"], 2), *row] for seed, row in zip(seeds, stats)]
-            rows = ["epoch,seed,train_seconds,return_mean,return_std,score_mean,score_std"]
-            rows += [",".join(map(str, row)) for row in run["scores"]]
-            write_file(f"{directory}/scores.csv", "\n".join(rows + [""]).encode())
-            log.update(eval_log)
-            epochs.write(f"epoch {epoch}: normalized score {scores.mean():.1f} +- {scores.std():.1f} over all episodes")
-        # after scores.csv: a run that dies between the two writes repeats the epochs after its checkpoint
+        # the first epoch's updates/s includes the compile
+        log["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)
+        evaluated = epoch % config.eval_every == 0 or epoch == config.num_epochs
+        if evaluated:
+            eval_metrics, returns, scores = evaluate_actor(state.actor)
+            log.update(eval_metrics)
+            record_scores(returns, scores, config, run, directory)
+            epochs.write(
+                f"epoch {epoch}: normalized score {scores.mean():.1f} +- {scores.std():.1f}"
+            )
+        # after scores.csv: a run that dies between the two writes repeats the epochs since the last
         if config.checkpoints_path and (evaluated or stops):
             save_checkpoint(directory, state, run)
         wandb.log({"epoch": epoch, **log}, step=epoch)
         epochs.set_postfix({"updates/s": f"{log['updates_per_second']:.0f}"})
         if stops and epoch < config.num_epochs:  # a stop during the last epoch finishes the run
             wandb.finish(exit_code=1)
-            fail(f"stopped by {signal.Signals(stops[0]).name} after epoch {epoch}; continue with --resume=true")
+            stop = signal.Signals(stops[0]).name
+            fail(f"stopped by {stop} after epoch {epoch}; continue with --resume=true")
     wandb.finish()
-    by_seed = [[row[5] for row in run["scores"] if row[1] == seed] for seed in seeds]
-    last, best = np.array([scores[-1] for scores in by_seed]), np.array([max(scores) for scores in by_seed])
-    summary = f"last {last.mean():.1f} +- {last.std():.1f}, best {best.mean():.1f} +- {best.std():.1f}"
-    print(f"normalized score over {len(seeds)} seed(s), mean +- std: {summary} (in {directory}/scores.csv)")
+    # CORL's two numbers: each seed's last and best score, mean +- std over seeds
+    scores = [row["score_mean"] for row in run["scores"]]
+    scores = np.reshape(scores, (-1, config.num_seeds))  # [evaluations, num_seeds]
+    last = f"last {scores[-1].mean():.1f} +- {scores[-1].std():.1f}"
+    best = f"best {scores.max(axis=0).mean():.1f} +- {scores.max(axis=0).std():.1f}"
+    print(f"normalized score over {config.num_seeds} seed(s), mean +- std: {last}, {best}")
 
 
 def main(config: Config) -> None:
-    directory, resuming = config.checkpoints_path, config.resume or config.eval_only
+    directory = config.checkpoints_path
+    resuming = config.resume or config.eval_only
     if directory and not resuming and os.path.isdir(directory) and os.listdir(directory):
-        fail(f"checkpoints_path {directory} is not empty: continue its run with --resume=true, or pass a fresh one")
-    if resuming:  # the saved run's hyperparameters; only when it ends and how it is evaluated may change
+        fail(
+            f"checkpoints_path {directory} is not empty: continue its run with --resume=true, "
+            "or pass a fresh one"
+        )
+    if resuming:
         saved = parse_config([f"--config_path={directory}/config.yaml"])
-        may_change = "num_epochs resume eval_only checkpoints_path eval_episodes eval_every eval_seed".split()
-        changed = [key for key in FIELD_TYPES if getattr(saved, key) != getattr(config, key)]
-        if changed := [key for key in changed if key not in may_change]:
-            fail(f"config differs from the saved run in {directory} in {changed}: resume with the same values")
-    dataset, make_eval_env, ref_scores = load_task(config)
-    eval_envs = [[make_eval_env() for _ in range(config.eval_episodes)] for _ in range(config.num_seeds)]
+        changed = [name for name in FIELD_TYPES if getattr(saved, name) != getattr(config, name)]
+        changed = [name for name in changed if name not in MAY_CHANGE]
+        if changed:
+            fail(
+                f"config differs from the saved run in {directory} in {changed}: "
+                "resume with the same values"
+            )
+    dataset, make_env, ref_scores = load_task(config)
+    envs = gym.vector.SyncVectorEnv([make_env] * (config.num_seeds * config.eval_episodes))
+    evaluate_actor = partial(evaluate, envs=envs, ref_scores=ref_scores, config=config)
     new_state = partial(create_sac_n_state, dataset.obs.shape[1], dataset.actions.shape[1], config)
     if resuming:
         state, run = load_checkpoint(directory, jax.eval_shape(new_state))
-    else:  # what a resumed run needs besides the train state; train_seconds: summed over resumed sessions
+    else:  # what a resumed run needs besides the train state
+        state = new_state()
         run_id = os.urandom(4).hex()
-        run = {"name": f"{config.name}-{config.env_name.replace('/', '-')}-{run_id}", "wandb_id": run_id, "epoch": 0}
-        state, run = new_state(), {**run, "train_seconds": 0.0, "scores": []}
-    train(config, *shard_seeds(state, dataset, config.num_seeds), eval_envs, ref_scores, run)
+        name = f"{config.name}-{config.env_name.replace('/', '-')}-{run_id}"
+        # train_seconds: summed over the sessions of a resumed run
+        run = {"name": name, "wandb_id": run_id, "epoch": 0, "train_seconds": 0.0, "scores": []}
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            options = dataclasses.asdict(config)
+            write_yaml = partial(yaml.safe_dump, options, sort_keys=False, encoding="utf-8")
+            write_file(f"{directory}/config.yaml", write_yaml)
+    if config.eval_only:  # print the saved agents' evaluation
+        for name, value in evaluate_actor(state.actor)[0].items():
+            print(f"{name}: {value:.3f}")
+        return
+    state, dataset = shard_seeds(state, dataset, config.num_seeds)
+    train(config, state, dataset, evaluate_actor, run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -19,8 +20,19 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax_cache_")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+import functools  # noqa: E402
+import inspect  # noqa: E402
+
+import pyrallis.wrappers.docstring  # noqa: E402
 from datasets import collect, write_d4rl_file  # noqa: E402
 from script_runs import SCRIPTS  # noqa: E402
+
+# pyrallis reads every option's --help text from the Config's source, one inspect.getsource per
+# field, whenever it builds a parser: 0.5 s per parse_config. The tests parse hundreds of times, and
+# the source does not change while they run, so its reader keeps what it read.
+pyrallis.wrappers.docstring.inspect = types.SimpleNamespace(
+    getsource=functools.lru_cache(inspect.getsource), getmro=inspect.getmro
+)
 
 
 @pytest.fixture(scope="session", params=SCRIPTS)

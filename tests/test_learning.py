@@ -67,7 +67,9 @@ def trainings(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, dic
         args = [*TRAINING, f"--dataset_path={dataset_path}", "--checkpoints_path=run"]
         processes[script] = (start_script(script, args, run_directory), run_directory)
     behaviour = behaviour_returns()
-    return behaviour, {script: (finish(process, timeout=900), run) for script, (process, run) in processes.items()}
+    return behaviour, {
+        script: (finish(process, timeout=900), run) for script, (process, run) in processes.items()
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -76,12 +78,16 @@ def test_trained_policy_beats_the_behaviour_policy(trainings: tuple, script: str
     result, run_directory = runs[script]
     assert result.returncode == 0, result.stderr[-3000:]
 
-    (final,) = read_scores(run_directory / "run" / "scores.csv")  # one seed, evaluated once, at the end
+    (final,) = read_scores(
+        run_directory / "run" / "scores.csv"
+    )  # one seed, evaluated once, at the end
     trained_mean, trained_std = final["return_mean"], final["return_std"]
     behaviour_mean = behaviour.mean()
     # standard error of the difference of the two means, each over EVAL_EPISODES episodes
     standard_error = math.sqrt((behaviour.std() ** 2 + trained_std**2) / EVAL_EPISODES)
-    print(f"behaviour {behaviour_mean:.0f} +- {behaviour.std():.0f}, trained {trained_mean:.0f} +- {trained_std:.0f}")
+    print(
+        f"behaviour {behaviour_mean:.0f} +- {behaviour.std():.0f}, trained {trained_mean:.0f} +- {trained_std:.0f}"
+    )
     # clearly better: more than 3 standard errors above the behaviour policy ...
     assert trained_mean > behaviour_mean + 3 * standard_error
     # ... and at least halfway from the behaviour policy's return to a good one (the runs measured above with these

@@ -1,4 +1,5 @@
-"""The tanh-Gaussian policy's sample and log-prob, the actor's output, and the critic ensemble at init."""
+"""The tanh-Gaussian policy's sample and log-prob (the Policy section is the same text in both scripts, test_parity.py:
+the Flax script's), and each script's actor output and critic ensemble at init."""
 
 import itertools
 
@@ -6,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import sac_n_jax_flax as script
 
 # mean, log_std pairs: ordinary, wide, narrow, and saturating ones where tanh(u) rounds to +-1 in float32
 MEANS = [0.0, 0.3, -1.5, 4.0, -9.0, 25.0]
@@ -21,7 +24,9 @@ def normal(key: jax.Array, mean: np.ndarray) -> jax.Array:
     return jax.random.normal(key, mean.shape)
 
 
-def reference_sample(key: jax.Array, mean: np.ndarray, log_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reference_sample(
+    key: jax.Array, mean: np.ndarray, log_std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Float64 tanh-Gaussian sample and log-prob from the noise `normal(key)` gives the script.
     d tanh(u)/du = 1/cosh(u)^2, with no cancellation even where tanh(u) = 1 in float32."""
     noise = np.asarray(normal(key, mean), dtype=np.float64)
@@ -39,51 +44,63 @@ def grid(action_dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("max_action", [1.0, 2.0])
-def test_sample_action_log_prob_matches_float64_reference(module, max_action: float) -> None:
+def test_sample_action_log_prob_matches_float64_reference(max_action: float) -> None:
     mean, log_std = grid(action_dim=3)
     for seed in range(3):
         key = jax.random.PRNGKey(seed)
-        actions, log_probs = module.sample_action(
+        actions, log_probs = script.sample_action(
             normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), max_action
         )
         want_actions, want_log_probs = reference_sample(key, mean, log_std)
         assert actions.shape == mean.shape and log_probs.shape == mean.shape[:1]
-        np.testing.assert_allclose(np.asarray(actions), max_action * want_actions, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(actions), max_action * want_actions, rtol=1e-5, atol=1e-6
+        )
         # float32 against float64: |log_prob| reaches ~150 where tanh saturates
         np.testing.assert_allclose(np.asarray(log_probs), want_log_probs, rtol=2e-5, atol=2e-3)
 
 
-def test_log_prob_is_the_change_of_variables_with_a_numerical_jacobian(module) -> None:
+def test_log_prob_is_the_change_of_variables_with_a_numerical_jacobian() -> None:
     """Independent of the closed form: log p(a) = log N(u) - log |da/du|, the derivative by central
     differences in float64, for one-dimensional actions away from saturation."""
     mean = np.array([[0.0], [0.7], [-1.2], [1.5]], dtype=np.float32)
     log_std = np.array([[-1.0], [0.0], [-0.5], [0.3]], dtype=np.float32)
     key = jax.random.PRNGKey(7)
-    actions, log_probs = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0)
+    actions, log_probs = script.sample_action(
+        normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0
+    )
     u = np.arctanh(np.asarray(actions, dtype=np.float64))
-    assert np.abs(u).max() < 4, "the inverse tanh of a float32 action is only accurate away from saturation"
+    assert np.abs(u).max() < 4, (
+        "the inverse tanh of a float32 action is only accurate away from saturation"
+    )
     step = 1e-6
     jacobian = (np.tanh(u + step) - np.tanh(u - step)) / (2 * step)
     want = gaussian_log_density(u, mean, np.exp(log_std.astype(np.float64))) - np.log(jacobian)
     np.testing.assert_allclose(np.asarray(log_probs), want.sum(axis=-1), rtol=1e-4, atol=1e-4)
 
 
-def test_actions_stay_within_max_action_and_log_probs_stay_finite(module) -> None:
+def test_actions_stay_within_max_action_and_log_probs_stay_finite() -> None:
     mean = jnp.array([[-50.0, 50.0, 0.0, 3.0]] * 64)
     log_std = jnp.array([[2.0, 2.0, 2.0, -5.0]] * 64)
     for max_action in [1.0, 2.0, 0.4]:
-        actions, log_probs = module.sample_action(normal(jax.random.PRNGKey(0), mean), mean, log_std, max_action)
+        actions, log_probs = script.sample_action(
+            normal(jax.random.PRNGKey(0), mean), mean, log_std, max_action
+        )
         # max_action in float32, as the env's Box bounds hold it
         assert np.abs(np.asarray(actions)).max() <= np.float32(max_action)
         assert bool(jnp.isfinite(log_probs).all())
 
 
-def test_max_action_scales_actions_and_leaves_log_prob(module) -> None:
+def test_max_action_scales_actions_and_leaves_log_prob() -> None:
     """CORL's convention: the log-prob is that of the tanh-squashed action in [-1, 1]."""
     mean, log_std = grid(action_dim=2)
     key = jax.random.PRNGKey(3)
-    actions_1, log_probs_1 = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0)
-    actions_3, log_probs_3 = module.sample_action(normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 3.0)
+    actions_1, log_probs_1 = script.sample_action(
+        normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 1.0
+    )
+    actions_3, log_probs_3 = script.sample_action(
+        normal(key, mean), jnp.asarray(mean), jnp.asarray(log_std), 3.0
+    )
     np.testing.assert_allclose(np.asarray(actions_3), 3.0 * np.asarray(actions_1), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(log_probs_3), np.asarray(log_probs_1))
 
@@ -128,7 +145,9 @@ def test_ensemble_members_differ_at_init(agent) -> None:
 def test_target_critics_equal_critics_at_init(agent) -> None:
     critic = agent.critic
     assert jax.tree.structure(critic.params) == jax.tree.structure(critic.target_params)
-    for leaf, target_leaf in zip(jax.tree.leaves(critic.params), jax.tree.leaves(critic.target_params)):
+    for leaf, target_leaf in zip(
+        jax.tree.leaves(critic.params), jax.tree.leaves(critic.target_params)
+    ):
         np.testing.assert_array_equal(np.asarray(leaf), np.asarray(target_leaf))
 
 
@@ -142,4 +161,6 @@ def test_actor_output_and_log_std_clip(agent) -> None:
     huge = jax.tree.map(lambda leaf: leaf * 1e4, agent.actor.params)
     _, log_std = agent.actor.apply_fn(huge, obs * 10)
     assert set(np.unique(np.asarray(log_std))) <= {-5.0, 2.0}
-    assert float(jnp.exp(agent.log_alpha.params["log_alpha"])) == 1.0  # alpha starts at 1, as in CORL
+    assert (
+        float(jnp.exp(agent.log_alpha.params["log_alpha"])) == 1.0
+    )  # alpha starts at 1, as in CORL
