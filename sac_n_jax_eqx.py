@@ -36,6 +36,7 @@ import optax
 import pyrallis
 import wandb
 import yaml
+from gymnasium.vector import VectorEnv
 from tqdm.auto import trange
 
 
@@ -190,8 +191,7 @@ def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNSta
         critic = TrainState.create(
             apply_fn=ensemble_apply,
             params=critic_params,
-            # a copy: train_epoch donates its state's buffers
-            target_params=jax.tree.map(jnp.copy, critic_params),
+            target_params=jax.tree.map(jnp.copy, critic_params),  # a copy: train_epoch donates
             tx=optax.adam(config.critic_learning_rate),
         )
         log_alpha = TrainState.create(
@@ -617,7 +617,7 @@ def load_task(config: Config) -> tuple:
 
 
 # --- Evaluation ---
-def evaluate(actor: TrainState, envs: gym.vector.VectorEnv, ref_scores: tuple, config: Config):
+def evaluate(actor: TrainState, envs: VectorEnv, ref_scores: tuple, config: Config) -> tuple:
     """Metrics, returns and D4RL scores [num_seeds, eval_episodes]: an episode per env, one actor
     call per step for all; env k is seed k // eval_episodes's, reset with eval_seed + episode."""
     episodes = np.arange(envs.num_envs) % config.eval_episodes
@@ -729,7 +729,7 @@ def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
 
 def record_scores(
     returns: np.ndarray, scores: np.ndarray, config: Config, run: dict, directory: str
-):
+) -> None:
     """A row per seed in the run's scores, and scores.csv written anew from them."""
     for index in range(config.num_seeds):
         row = [run["epoch"], config.train_seed + index, round(run["train_seconds"], 2)]
@@ -743,7 +743,9 @@ def record_scores(
     write_file(f"{directory}/scores.csv", lambda file: file.write(text.getvalue().encode()))
 
 
-def train(config: Config, state: SACNState, dataset: Batch, evaluate_actor: Callable, run: dict):
+def train(
+    config: Config, state: SACNState, dataset: Batch, evaluate_actor: Callable, run: dict
+) -> None:
     directory = config.checkpoints_path or f"results/{run['name']}"
     os.makedirs(directory, exist_ok=True)
     start_wandb(config, run)
@@ -759,7 +761,6 @@ def train(config: Config, state: SACNState, dataset: Batch, evaluate_actor: Call
         run["train_seconds"] += time.perf_counter() - start
         check_finite(metrics, config, run, directory)
         log = {name: values.mean() for name, values in metrics.items()}  # means over seeds
-        # the first epoch's updates/s includes the compile
         log["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)
         evaluated = epoch % config.eval_every == 0 or epoch == config.num_epochs
         if evaluated:
@@ -780,11 +781,11 @@ def train(config: Config, state: SACNState, dataset: Batch, evaluate_actor: Call
             fail(f"stopped by {stop} after epoch {epoch}; continue with --resume=true")
     wandb.finish()
     # CORL's two numbers: each seed's last and best score, mean +- std over seeds
-    scores = [row["score_mean"] for row in run["scores"]]
-    scores = np.reshape(scores, (-1, config.num_seeds))  # [evaluations, num_seeds]
-    last = f"last {scores[-1].mean():.1f} +- {scores[-1].std():.1f}"
+    scores = np.reshape([row["score_mean"] for row in run["scores"]], (-1, config.num_seeds))
+    last = f"last {scores[-1].mean():.1f} +- {scores[-1].std():.1f}"  # scores: [evaluations, seeds]
     best = f"best {scores.max(axis=0).mean():.1f} +- {scores.max(axis=0).std():.1f}"
-    print(f"normalized score over {config.num_seeds} seed(s), mean +- std: {last}, {best}")
+    summary = f"mean +- std: {last}, {best} (in {directory}/scores.csv)"
+    print(f"normalized score over {config.num_seeds} seed(s), {summary}")
 
 
 def main(config: Config) -> None:
@@ -818,8 +819,7 @@ def main(config: Config) -> None:
         run = {"name": name, "wandb_id": run_id, "epoch": 0, "train_seconds": 0.0, "scores": []}
         if directory:
             os.makedirs(directory, exist_ok=True)
-            options = dataclasses.asdict(config)
-            write_yaml = partial(yaml.safe_dump, options, sort_keys=False, encoding="utf-8")
+            write_yaml = partial(pyrallis.dump, config, sort_keys=False, encoding="utf-8")
             write_file(f"{directory}/config.yaml", write_yaml)
     if config.eval_only:  # print the saved agents' evaluation
         for name, value in evaluate_actor(state.actor)[0].items():
