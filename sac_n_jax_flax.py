@@ -38,7 +38,7 @@ import wandb
 import yaml
 from flax.training.train_state import TrainState
 from gymnasium.vector import VectorEnv
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 
 
 # --- Config ---
@@ -85,7 +85,7 @@ def dense(features: int, bound: Optional[float] = None) -> nn.Dense:
     """A layer with EDAC's init, as CORL's (README.md: CORL's first critic layer differs): an output
     layer U(+-bound); a hidden layer torch's nn.Linear kernel U(+-1/sqrt(fan_in)) and biases 0.1."""
     if bound is None:
-        kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.constant(0.1))
     uniform = partial(jax.random.uniform, minval=-bound, maxval=bound)
     return nn.Dense(features, kernel_init=uniform, bias_init=uniform)
@@ -131,29 +131,26 @@ class SACNState(NamedTuple):
 
 def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNState:
     """An agent per seed on a leading [num_seeds] axis; seed i starts as a run of train_seed + i."""
-    obs = jnp.zeros((1, obs_dim))
-    actions = jnp.zeros((1, action_dim))
+    obs = jnp.zeros(obs_dim)
+    actions = jnp.zeros(action_dim)
     actor_net = Actor(action_dim, config.hidden_dim)
-    # N independent critics, their parameters stacked: one batched matmul per layer
-    ensemble = nn.vmap(
-        Critic,
-        in_axes=None,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        axis_size=config.num_critics,
-    )
-    critic_net = ensemble(config.hidden_dim)
+    critic_net = Critic(config.hidden_dim)
+    # N independent critics, their arrays stacked on a leading axis: one batched matmul per layer
+    ensemble_init = jax.vmap(critic_net.init, in_axes=(0, None, None))
+    ensemble_apply = jax.vmap(critic_net.apply, in_axes=(0, None, None))
 
     def create(seed):
-        actor_key, critic_key, key = jax.random.split(jax.random.PRNGKey(seed), 3)
+        key = jax.random.PRNGKey(seed)
+        actor_key, critic_key, key = jax.random.split(key, 3)
         actor = TrainState.create(
             apply_fn=actor_net.apply,
             params=actor_net.init(actor_key, obs),
             tx=optax.adam(config.actor_learning_rate),
         )
-        critic_params = critic_net.init(critic_key, obs, actions)
+        critic_keys = jax.random.split(critic_key, config.num_critics)
+        critic_params = ensemble_init(critic_keys, obs, actions)
         critic = CriticTrainState.create(
-            apply_fn=critic_net.apply,
+            apply_fn=ensemble_apply,
             params=critic_params,
             target_params=jax.tree.map(jnp.copy, critic_params),  # a copy: train_epoch donates
             tx=optax.adam(config.critic_learning_rate),
@@ -167,8 +164,7 @@ def create_sac_n_state(obs_dim: int, action_dim: int, config: Config) -> SACNSta
 
     seeds = jnp.arange(config.train_seed, config.train_seed + config.num_seeds)
     state = jax.jit(jax.vmap(create))(seeds)
-    # the step counters start as Python ints, which JAX types weakly; the epoch would return them
-    # strongly typed, and the changed argument types would compile the epoch a second time
+    # step counters start as weak-typed Python ints and come back strong: cast, or a second compile
     return jax.tree.map(lambda leaf: jnp.asarray(leaf, leaf.dtype), state)
 
 
@@ -178,7 +174,7 @@ def sample_action(
 ) -> tuple:
     """A reparameterised tanh-Gaussian sample from standard normal noise, and its log-prob."""
     pre_tanh = mean + jnp.exp(log_std) * noise
-    gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+    gaussian_log_prob = jax.scipy.stats.norm.logpdf(noise) - log_std
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)): exact and stable, where CORL's
     # log(1 - tanh(u)^2 + 1e-6) saturates; like CORL, the max_action scaling adds no term
     log_det_jacobian = 2 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2 * pre_tanh))
@@ -228,20 +224,25 @@ def update_actor(noise: jax.Array, state: SACNState, batch: Batch, config: Confi
 
 
 def diversity_loss(critic_params: Any, critic: TrainState, batch: Batch) -> jax.Array:
-    """EDAC's ensemble similarity term (CORL's diversity loss): the cosine similarity of two
-    critics' gradients of Q with respect to the dataset's action, summed over the ordered pairs of
-    distinct critics (each pair twice), averaged over the batch and divided by N - 1."""
-    q_values = partial(critic.apply_fn, critic_params)  # of one (obs, action): [num_critics]
-    # forward mode: a pass per action dimension gives every critic's (jacrev: a pass per critic)
-    grads = jax.vmap(jax.jacfwd(q_values, argnums=1))(
-        batch.obs, batch.actions
-    )  # [batch, N, action]
+    """EDAC's term (CORL's diversity loss): the cosine similarity of two critics' gradients of Q in
+    the dataset's action, summed over ordered pairs of distinct critics, batch mean, over N - 1."""
+
+    def summed_q_values(params, actions):  # one critic's, as an ensemble of one
+        ensemble_of_one = jax.tree.map(lambda leaf: leaf[None], params)
+        return critic.apply_fn(ensemble_of_one, batch.obs, actions).sum()
+
+    # a sample's Q depends on its own action only: one reverse pass gives every sample's gradient
+    per_sample_gradients = jax.grad(summed_q_values, argnums=1)
+    action_gradients = jax.vmap(per_sample_gradients, in_axes=(0, None))  # over the critics
+    grads = action_gradients(critic_params, batch.actions).swapaxes(0, 1)  # [batch, N, action]
     # safe_norm: a zero gradient's norm has gradient 0 (as in torch), where jnp.linalg.norm's is NaN
-    grads = grads / (optax.safe_norm(grads, 0.0, axis=-1, keepdims=True) + 1e-10)  # 1e-10: EDAC's
+    norms = optax.safe_norm(grads, 0.0, axis=-1, keepdims=True)
+    grads = grads / (norms + 1e-10)  # 1e-10: EDAC's
     similarities = grads @ grads.swapaxes(1, 2)  # [batch_size, num_critics, num_critics]
     num_critics = grads.shape[1]
     distinct_pairs = 1.0 - jnp.eye(num_critics)
-    return (similarities * distinct_pairs).sum(axis=(1, 2)).mean() / (num_critics - 1)
+    pair_sums = (similarities * distinct_pairs).sum(axis=(1, 2))  # [batch_size]
+    return pair_sums.mean() / (num_critics - 1)
 
 
 def update_critic(noise: jax.Array, state: SACNState, batch: Batch, config: Config) -> tuple:
@@ -257,7 +258,8 @@ def update_critic(noise: jax.Array, state: SACNState, batch: Batch, config: Conf
     def critic_loss_fn(critic_params):
         q_values = critic.apply_fn(critic_params, batch.obs, batch.actions)  # [N, batch_size]
         # MSE over the batch, summed over critics (CORL): a critic's gradient does not shrink with N
-        loss = ((q_values - targets) ** 2).mean(axis=1).sum()
+        td_errors = q_values - targets
+        loss = (td_errors**2).mean(axis=1).sum()
         if config.eta == 0:  # SAC-N: EDAC's term is not even traced
             return loss, {"critic_loss": loss}
         diversity = diversity_loss(critic_params, critic, batch)
@@ -281,9 +283,10 @@ def draw_epoch(key: jax.Array, dataset: Batch, config: Config) -> UpdateDraws:
     """An epoch's random numbers, drawn before its updates (faster on CPU: benchmarks/README.md)."""
     index_key, policy_key, next_key = jax.random.split(key, 3)
     shape = (config.num_updates_on_epoch, config.batch_size)
+    dataset_size = len(dataset.rewards)
     noise_shape = (*shape, dataset.actions.shape[-1])
     return UpdateDraws(
-        indices=jax.random.randint(index_key, shape, 0, dataset.rewards.shape[0]),
+        indices=jax.random.randint(index_key, shape, 0, dataset_size),
         policy_noise=jax.random.normal(policy_key, noise_shape),
         next_noise=jax.random.normal(next_key, noise_shape),
     )
@@ -301,7 +304,7 @@ def update_sac_n(state: SACNState, draws: UpdateDraws, dataset: Batch, config: C
 
 
 @partial(jax.jit, static_argnames="config", donate_argnames="state")
-def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNState, dict]:
+def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple:
     """Every seed's epoch in one compiled call: the metrics are epoch means, [num_seeds] each. The
     dataset is an argument; a captured one would be compiled into the program."""
 
@@ -310,13 +313,11 @@ def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNS
         draws = draw_epoch(draws_key, dataset, config)
         update = partial(update_sac_n, dataset=dataset, config=config)
         state, infos = jax.lax.scan(update, state, draws)
-        metrics = {name: values.mean() for name, values in infos.items()}
+        metrics = jax.tree.map(jnp.mean, infos)
         # the ensemble's spread on random actions, large where the critics disagree off the data
         obs = dataset.obs[draws.indices[-1]]
-        bound = config.max_action
-        actions = jax.random.uniform(
-            random_key, draws.policy_noise.shape[1:], minval=-bound, maxval=bound
-        )
+        shape = draws.policy_noise.shape[1:]  # [batch_size, action_dim]
+        actions = jax.random.uniform(random_key, shape, minval=-1.0) * config.max_action
         q_values = state.critic.apply_fn(state.critic.params, obs, actions)  # [N, batch_size]
         metrics["q_random_std"] = q_values.std(axis=0).mean()
         return state._replace(key=key), metrics
@@ -324,15 +325,15 @@ def train_epoch(state: SACNState, dataset: Batch, config: Config) -> tuple[SACNS
     return jax.vmap(agent_epoch)(state)
 
 
-def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple[SACNState, Batch]:
-    """The seed axis split over the devices, the dataset copied to each."""
-    # the seeds must split evenly: the most devices whose count divides num_seeds
+def shard_seeds(state: SACNState, dataset: Batch, num_seeds: int) -> tuple:
+    """Seeds split evenly over the most devices that divide num_seeds; the dataset copied to all."""
     num_devices = math.gcd(num_seeds, jax.device_count())
     if num_devices == 1:  # a one-device sharding would only change the state's type: a recompile
         return state, dataset
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ["seeds"])
-    state = jax.device_put(state, jax.NamedSharding(mesh, jax.P("seeds")))
-    return state, jax.device_put(dataset, jax.NamedSharding(mesh, jax.P()))
+    mesh = jax.sharding.Mesh(jax.devices()[:num_devices], "seeds")
+    seed_axis = jax.NamedSharding(mesh, jax.P("seeds"))
+    copied = jax.NamedSharding(mesh, jax.P())
+    return jax.device_put(state, seed_axis), jax.device_put(dataset, copied)
 
 
 # ============================ run harness: below this line, the algorithm above becomes a tool
@@ -354,7 +355,7 @@ def strict(kind: type, value: Any) -> Any:
 
 for kind in (int, float, bool):
     pyrallis.decode.register(kind, partial(strict, kind))
-FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(Config)}
+FIELD_TYPES = Config.__annotations__  # {name: type} of every field
 
 
 def decode_option(name: str, value: Any, source: str) -> Any:
@@ -370,16 +371,14 @@ def decode_option(name: str, value: Any, source: str) -> Any:
 
 
 class OptionParser(pyrallis.argparsing.ArgumentParser):
-    """pyrallis's parser (its --help shows the Config's comments), strict: exact option names
-    (argparse would take --num_critic for --num_critics), values of their field's type, and one
-    line for each error."""
+    """pyrallis's parser (--help shows the Config's comments), strict: exact option names (argparse
+    would take --num_critic for --num_critics), values of their field's type, one line per error."""
 
     def error(self, message: str) -> NoReturn:  # argparse's, e.g. an option without its value
         fail(f"{message} (see --help)")
 
     def _postprocessing(self, flags: Any) -> Config:
-        """pyrallis's step from argparse's text to the Config: the file's values, then the flags'
-        over them, each decoded where its error can still say where it came from."""
+        """The file's values, then the flags' over them, each decoded here to name its source."""
         flags = vars(flags)
         path = flags.pop("config_path", None)
         values = {}
@@ -405,11 +404,11 @@ def check_config(config: Config) -> None:
         if not holds:
             fail(f"option {name} must be {requirement}, got {getattr(config, name)!r}")
 
-    counts = ["hidden_dim", "num_critics", "batch_size", "num_epochs", "num_updates_on_epoch"]
-    for name in [*counts, "eval_episodes", "eval_every", "num_seeds"]:
+    counts = "hidden_dim num_critics batch_size num_epochs num_updates_on_epoch eval_episodes"
+    for name in [*counts.split(), "eval_every", "num_seeds"]:
         require(getattr(config, name) >= 1, name, "at least 1")
-    rates = ["actor_learning_rate", "critic_learning_rate", "alpha_learning_rate"]
-    for name in [*rates, "max_action"]:
+    rates = "actor_learning_rate critic_learning_rate alpha_learning_rate"
+    for name in [*rates.split(), "max_action"]:
         require(0 < getattr(config, name) < math.inf, name, "positive")
     require(0 < config.tau <= 1, "tau", "in (0, 1]")
     require(0 <= config.gamma <= 1, "gamma", "in [0, 1]")
@@ -417,14 +416,15 @@ def check_config(config: Config) -> None:
     # EDAC's term divides by N - 1
     require(config.eta == 0 or config.num_critics > 1, "num_critics", "at least 2 with eta > 0")
     # the seeds are train_seed + i and eval_seed + j; a JAX key would take 2**32 + 10 as 10
-    for name, count in [("train_seed", config.num_seeds), ("eval_seed", config.eval_episodes)]:
+    seed_counts = {"train_seed": config.num_seeds, "eval_seed": config.eval_episodes}
+    for name, count in seed_counts.items():
         require(0 <= getattr(config, name) <= 2**32 - count, name, f"in [0, 2**32 - {count}]")
     minari = "/" in config.env_name
     d4rl = config.env_name in D4RL_NAMES
     require(d4rl or minari or config.dataset_path, "env_name", "a D4RL name")
     require(config.eval_env in [None, *gym.registry], "eval_env", "a gymnasium id like Hopper-v4")
-    domain = d4rl_domain(config.env_name)
-    require(config.eval_env or minari or domain, "eval_env", "set: no D4RL domain")
+    domain = config.env_name.split("-")[0]
+    require(config.eval_env or minari or domain in D4RL_EVAL_ENV, "eval_env", "set: no D4RL domain")
     path = config.checkpoints_path
     require(path or not (config.resume or config.eval_only), "checkpoints_path", "set to resume")
     require(not os.path.isfile(path or ""), "checkpoints_path", "a directory, not a file")
@@ -434,7 +434,8 @@ def parse_config(args: Optional[list[str]] = None) -> Config:
     """Options from a YAML file (--config_path) and --option=value flags over it, checked."""
     config, unknown = OptionParser(Config, allow_abbrev=False).parse_known_args(args)
     if unknown:  # a misspelt option, or a word that is no option: decoding it says so
-        decode_option(unknown[0].removeprefix("--").split("=")[0], None, "the command line")
+        name = unknown[0].removeprefix("--").split("=")[0]
+        decode_option(name, None, "the command line")
     check_config(config)
     return config
 
@@ -448,15 +449,11 @@ D4RL_REF_SCORES = {
     "hopper": (-20.272305, 3234.3),
     "walker2d": (1.629008, 4592.3),
 }
-D4RL_LEVELS = ["random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"]
+D4RL_LEVELS = "random medium expert medium-replay medium-expert full-replay".split()
 D4RL_NAMES = [f"{domain}-{level}-v2" for domain in D4RL_EVAL_ENV for level in D4RL_LEVELS]
-D4RL_KEYS = ["observations", "actions", "rewards", "terminals", "timeouts"]
+# the arrays of a D4RL file and their ranks: [rows, dim] or [rows]
+D4RL_ARRAYS = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "timeouts": 1}
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
-
-
-def d4rl_domain(env_name: str) -> Optional[str]:
-    domain = env_name.split("-")[0]
-    return domain if domain in D4RL_EVAL_ENV else None
 
 
 def d4rl_file(env_name: str) -> str:
@@ -464,45 +461,42 @@ def d4rl_file(env_name: str) -> str:
     file_name = env_name.replace("-", "_").replace("_v2", "-v2.hdf5")
     directory = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
     path = os.path.join(directory, file_name)
-    if os.path.exists(path):
-        return path
-    url = f"{D4RL_URL}/{file_name}"
-    print(f"downloading {url} to {path}")
-    try:  # to a temporary name, renamed when complete: a failed download leaves nothing behind
-        os.makedirs(directory, exist_ok=True)
-        urllib.request.urlretrieve(url, path + ".part")  # fails if fewer bytes come than announced
-        os.replace(path + ".part", path)
-    except (OSError, http.client.HTTPException) as error:  # a cut-off chunked body: IncompleteRead
-        if os.path.exists(path + ".part"):
-            os.remove(path + ".part")
-        fail(
-            f"{path} is missing and downloading {url} failed ({error}): put it there, "
-            "or set D4RL_DATASET_DIR"
-        )
+    if not os.path.exists(path):
+        url = f"{D4RL_URL}/{file_name}"
+        print(f"downloading {url} to {path}")
+        try:  # read whole, then written: a failed download leaves no file behind
+            with urllib.request.urlopen(url, timeout=60) as response:  # a stalled server times out
+                data = response.read()  # fails if fewer bytes come than announced
+        # a body cut off mid-chunk raises IncompleteRead, an HTTPException rather than an OSError
+        except (OSError, http.client.HTTPException) as error:
+            fail(
+                f"{path} is missing and downloading {url} failed ({error}): put it there, "
+                "or set D4RL_DATASET_DIR"
+            )
+        write_file(path, lambda file: file.write(data))
     return path
 
 
 def qlearning_dataset(path: str) -> dict:
     """Transitions as d4rl's `qlearning_dataset` reads them: one per row but the last and those
     flagged `timeouts`, its next_obs the next row's observation."""
-    if os.path.isdir(path):
-        fail(f"dataset file {path} is a directory")
-    if not os.path.exists(path):
-        fail(f"dataset file {path} does not exist")
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist or is a directory")
     try:
         with h5py.File(path, "r") as file:
-            data = {key: file[key][()] for key in D4RL_KEYS if key in file}
+            data = {key: file[key][()] for key in D4RL_ARRAYS if key in file}
     except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, unreadable
         fail(f"cannot read {path} as HDF5 ({error}): download it again")
-    shapes = {key: data[key].shape if key in data else "missing" for key in D4RL_KEYS}
-    ranks = [np.ndim(data.get(key)) for key in D4RL_KEYS]  # 0 if missing
-    if ranks != [2, 2, 1, 1, 1] or len({len(array) for array in data.values()}) > 1:
+    ranks = {key: np.ndim(array) for key, array in data.items()}
+    lengths = {np.shape(array)[:1] for array in data.values()}
+    if ranks != D4RL_ARRAYS or len(lengths) > 1:
+        shapes = {key: np.shape(data[key]) if key in data else "missing" for key in D4RL_ARRAYS}
         fail(
             f"{path} is not in the D4RL layout, [rows, dim] observations and actions, [rows] rest: "
             f"{shapes}"
         )
     for key in ["terminals", "timeouts"]:
-        if not np.isin(data[key], [0, 1]).all():
+        if set(np.unique(data[key])) - {0, 1}:
             fail(f"{path} has {key} other than 0 and 1")
     rows = np.flatnonzero(data["timeouts"][:-1] == 0)
     return {
@@ -527,7 +521,8 @@ def load_minari(dataset_id: str) -> tuple:
     episodes = list(dataset.iterate_episodes())
 
     def stacked(name, rows=slice(None)):
-        return np.concatenate([getattr(episode, name)[rows] for episode in episodes])
+        arrays = [getattr(episode, name)[rows] for episode in episodes]
+        return np.concatenate(arrays)
 
     # every episode's final observation is stored, so no transition is dropped
     transitions = {"obs": stacked("observations", slice(-1)), "actions": stacked("actions")}
@@ -535,9 +530,10 @@ def load_minari(dataset_id: str) -> tuple:
     transitions["next_obs"] = stacked("observations", slice(1, None))
     transitions["dones"] = stacked("terminations")
     # reference scores are dataset metadata (minari.get_normalized_score reads them there)
-    metadata = dataset.storage.metadata
-    ref_scores = (metadata.get("ref_min_score", math.nan), metadata.get("ref_max_score", math.nan))
-    return transitions, partial(dataset.recover_environment, eval_env=True), ref_scores
+    random_score = dataset.storage.metadata.get("ref_min_score", math.nan)
+    expert_score = dataset.storage.metadata.get("ref_max_score", math.nan)
+    make_env = partial(dataset.recover_environment, eval_env=True)
+    return transitions, make_env, (random_score, expert_score)
 
 
 def on_mujoco_warning(text: str) -> None:
@@ -546,7 +542,7 @@ def on_mujoco_warning(text: str) -> None:
 
 
 def load_task(config: Config) -> tuple:
-    """The dataset on the device, the eval env's constructor and the reference scores."""
+    """The dataset on the device, the eval envs (an episode each) and the reference scores."""
     # gymnasium's note on the v4 envs (they are D4RL's), and MuJoCo's warnings without a log file
     warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
     mujoco.set_mju_user_warning(on_mujoco_warning)
@@ -556,49 +552,55 @@ def load_task(config: Config) -> tuple:
     else:
         source = config.dataset_path or d4rl_file(config.env_name)
         transitions = qlearning_dataset(source)
-        domain = d4rl_domain(config.env_name)
+        domain = config.env_name.split("-")[0]
         make_env = partial(gym.make, config.eval_env or D4RL_EVAL_ENV.get(domain))
         ref_scores = D4RL_REF_SCORES.get(domain, (0.0, math.nan))  # none outside D4RL's domains
-    env = make_env()
-    dims = [transitions["obs"].shape[1], transitions["actions"].shape[1]]
-    env_dims = [env.observation_space.shape[0], env.action_space.shape[0]]
+    num_envs = config.num_seeds * config.eval_episodes
+    envs = gym.vector.SyncVectorEnv([make_env] * num_envs)
+    dims = [transitions[key].shape[1] for key in ["obs", "actions"]]
+    env_dims = [envs.single_observation_space.shape[0], envs.single_action_space.shape[0]]
     if dims != env_dims:
         fail(
-            f"{source} has obs/action dims {dims} but eval env {env.spec.id} has {env_dims}: "
-            "check env_name, eval_env"
+            f"{source} has obs/action dims {dims} but eval env {envs.envs[0].spec.id} has "
+            f"{env_dims}: check env_name, eval_env"
         )
     for key, array in transitions.items():
         if not np.isfinite(array).all():
             fail(f"{source} has NaN or inf values in {key}")
-    if config.batch_size > len(transitions["rewards"]):
-        size = len(transitions["rewards"])
+    size = len(transitions["rewards"])
+    if config.batch_size > size:
         fail(f"batch_size {config.batch_size} is larger than the dataset ({size} transitions)")
-    actions = transitions["actions"]
-    outside = np.abs(actions) > config.max_action  # actions only the critics see: a warning
+    outside = np.abs(transitions["actions"]) > config.max_action  # only the critics see them
     if outside.any():
-        warning = f"{outside.sum()} of {outside.size} action values in {source} are outside "
-        warning += f"[-max_action, max_action], in [{actions.min():.3g}, {actions.max():.3g}]"
-        print(f"warning: {warning}: check max_action", file=sys.stderr)
-    dataset = Batch(**{key: jnp.asarray(array, jnp.float32) for key, array in transitions.items()})
-    return dataset, make_env, ref_scores
+        actions = transitions["actions"]
+        print(
+            f"warning: {outside.sum()} of {outside.size} action values in {source} are outside "
+            f"[-max_action, max_action], in [{actions.min():.3g}, {actions.max():.3g}]: "
+            "check max_action",
+            file=sys.stderr,
+        )
+    dataset = jax.tree.map(jnp.float32, Batch(**transitions))  # float32 arrays on the device
+    return dataset, envs, ref_scores
 
 
 # --- Evaluation ---
 def evaluate(actor: TrainState, envs: VectorEnv, ref_scores: tuple, config: Config) -> tuple:
     """Metrics, returns and D4RL scores [num_seeds, eval_episodes]: an episode per env, one actor
     call per step for all; env k is seed k // eval_episodes's, reset with eval_seed + episode."""
-    episodes = np.arange(envs.num_envs) % config.eval_episodes
-    obs, _ = envs.reset(seed=(config.eval_seed + episodes).tolist())
+    seeds = [config.eval_seed + episode for episode in range(config.eval_episodes)]
+    obs, _ = envs.reset(seed=seeds * config.num_seeds)
     returns = np.zeros(envs.num_envs)
-    done = np.zeros(envs.num_envs, dtype=bool)
+    done = np.zeros(envs.num_envs, bool)
     while not done.all():
         seed_obs = obs.reshape(config.num_seeds, config.eval_episodes, -1)
-        actions = np.asarray(deterministic_action(actor, seed_obs, config.max_action))
-        obs, rewards, terminated, truncated, _ = envs.step(actions.reshape(envs.num_envs, -1))
+        actions = deterministic_action(actor, seed_obs, config.max_action)
+        actions = np.asarray(actions).reshape(envs.num_envs, -1)
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
         returns += np.where(done, 0.0, rewards)  # an ended episode's env starts another one
         done |= terminated | truncated
     returns = returns.reshape(config.num_seeds, config.eval_episodes)
-    scores = 100 * (returns - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
+    random_score, expert_score = ref_scores
+    scores = 100 * (returns - random_score) / (expert_score - random_score)
     metrics = {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()}
     metrics["eval/normalized_score_mean"] = scores.mean()
     metrics["eval/normalized_score_std"] = scores.std()
@@ -614,14 +616,13 @@ def evaluate(actor: TrainState, envs: VectorEnv, ref_scores: tuple, config: Conf
 # --- Main ---
 SCORE_COLUMNS = "epoch seed train_seconds return_mean return_std score_mean score_std".split()
 # what may change when a saved run is resumed: when it ends and how it is evaluated
-MAY_CHANGE = (
-    "num_epochs eval_episodes eval_every eval_seed checkpoints_path resume eval_only".split()
-)
+MAY_CHANGE = "num_epochs eval_episodes eval_every eval_seed checkpoints_path resume eval_only"
 
 
 def write_file(path: str, write: Callable) -> None:
     """write(file) to a temporary file, renamed once complete: no half-written file, ever."""
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "wb") as file:
             write(file)
         os.replace(path + ".tmp", path)
@@ -631,19 +632,25 @@ def write_file(path: str, write: Callable) -> None:
         fail(f"cannot write {path} ({error}); the run stopped, its last complete files are kept")
 
 
+def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
+    leaves = jax.device_get(jax.tree.leaves(state))
+    path = f"{directory}/checkpoint.npz"
+    write_file(path, lambda file: np.savez(file, *leaves, run=json.dumps(run)))
+
+
 def load_checkpoint(directory: str, template: SACNState) -> tuple[SACNState, dict]:
     path = f"{directory}/checkpoint.npz"
-    template_leaves, treedef = jax.tree.flatten(template)
+    leaves, treedef = jax.tree.flatten(template)
     try:
         with np.load(path) as data:
-            leaves = [jnp.asarray(data[f"arr_{index}"]) for index in range(len(template_leaves))]
+            arrays = [data[f"arr_{index}"] for index in range(len(leaves))]
             run = json.loads(str(data["run"]))
     except Exception as error:  # np.load raises many kinds for a damaged file
         fail(f"cannot read checkpoint {path} ({error}): it is damaged or not a checkpoint")
-    shapes = [(leaf.shape, leaf.dtype) for leaf in leaves]
-    if shapes != [(leaf.shape, leaf.dtype) for leaf in template_leaves]:
+    shapes = [(array.shape, array.dtype) for array in arrays]
+    if shapes != [(leaf.shape, leaf.dtype) for leaf in leaves]:
         fail(f"checkpoint {path} does not fit the config: its arrays have other shapes")
-    return jax.tree.unflatten(treedef, leaves), run
+    return jax.tree.unflatten(treedef, map(jnp.asarray, arrays)), run
 
 
 def start_wandb(config: Config, run: dict) -> None:
@@ -678,68 +685,59 @@ def catch_stop_signals() -> list[int]:
     return stops
 
 
-def check_finite(metrics: dict, config: Config, run: dict, directory: str) -> None:
+def check_finite(metrics: dict, config: Config, run: dict) -> None:
     for name, values in metrics.items():
         if not np.isfinite(values).all():
             seed = config.train_seed + np.argmin(np.isfinite(values))  # the first bad one
-            saved = os.path.isfile(f"{directory}/checkpoint.npz")
-            kept = f"; the last checkpoint is in {directory}" if saved else ""
+            saved = os.path.isfile(f"{run['directory']}/checkpoint.npz")
+            kept = f"; the last checkpoint is in {run['directory']}" if saved else ""
             fail(f"non-finite {name} at epoch {run['epoch']}, seed {seed}: training stopped{kept}")
 
 
-def save_checkpoint(directory: str, state: SACNState, run: dict) -> None:
-    leaves = jax.device_get(jax.tree.leaves(state))
-    write_file(
-        f"{directory}/checkpoint.npz", lambda file: np.savez(file, *leaves, run=json.dumps(run))
-    )
-
-
-def record_scores(
-    returns: np.ndarray, scores: np.ndarray, config: Config, run: dict, directory: str
-) -> None:
+def record_scores(returns: np.ndarray, scores: np.ndarray, config: Config, run: dict) -> None:
     """A row per seed in the run's scores, and scores.csv written anew from them."""
-    for index in range(config.num_seeds):
-        row = [run["epoch"], config.train_seed + index, round(run["train_seconds"], 2)]
-        row += [returns[index].mean(), returns[index].std()]
-        row += [scores[index].mean(), scores[index].std()]
+    seeds = range(config.train_seed, config.train_seed + config.num_seeds)
+    for seed, seed_returns, seed_scores in zip(seeds, returns, scores):
+        row = [run["epoch"], seed, round(run["train_seconds"], 2)]
+        row += [seed_returns.mean(), seed_returns.std()]
+        row += [seed_scores.mean(), seed_scores.std()]
         run["scores"].append(dict(zip(SCORE_COLUMNS, row)))
     text = io.StringIO()
     writer = csv.DictWriter(text, SCORE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(run["scores"])
-    write_file(f"{directory}/scores.csv", lambda file: file.write(text.getvalue().encode()))
+    table = text.getvalue().encode()
+    write_file(f"{run['directory']}/scores.csv", lambda file: file.write(table))
 
 
 def train(
     config: Config, state: SACNState, dataset: Batch, evaluate_actor: Callable, run: dict
 ) -> None:
-    directory = config.checkpoints_path or f"results/{run['name']}"
-    os.makedirs(directory, exist_ok=True)
     start_wandb(config, run)
     stops = catch_stop_signals()
-    epochs = trange(
-        run["epoch"] + 1, config.num_epochs + 1, initial=run["epoch"], total=config.num_epochs
-    )
+    epochs = range(run["epoch"] + 1, config.num_epochs + 1)
+    epochs = tqdm(epochs, initial=run["epoch"], total=config.num_epochs)
     for epoch in epochs:
         start = time.perf_counter()
         state, metrics = train_epoch(state, dataset, config)
         metrics = jax.device_get(metrics)  # the one host sync of the epoch
+        seconds = time.perf_counter() - start
         run["epoch"] = epoch
-        run["train_seconds"] += time.perf_counter() - start
-        check_finite(metrics, config, run, directory)
-        log = {name: values.mean() for name, values in metrics.items()}  # means over seeds
-        log["updates_per_second"] = config.num_updates_on_epoch / (time.perf_counter() - start)
+        run["train_seconds"] += seconds
+        check_finite(metrics, config, run)
+        log = jax.tree.map(np.mean, metrics)  # means over seeds
+        log["updates_per_second"] = config.num_updates_on_epoch / seconds
         evaluated = epoch % config.eval_every == 0 or epoch == config.num_epochs
         if evaluated:
             eval_metrics, returns, scores = evaluate_actor(state.actor)
             log.update(eval_metrics)
-            record_scores(returns, scores, config, run, directory)
+            record_scores(returns, scores, config, run)
             epochs.write(
                 f"epoch {epoch}: normalized score {scores.mean():.1f} +- {scores.std():.1f}"
             )
         # after scores.csv: a run that dies between the two writes repeats the epochs since the last
         if config.checkpoints_path and (evaluated or stops):
-            save_checkpoint(directory, state, run)
+            save_checkpoint(run["directory"], state, run)
         wandb.log({"epoch": epoch, **log}, step=epoch)
         epochs.set_postfix({"updates/s": f"{log['updates_per_second']:.0f}"})
         if stops and epoch < config.num_epochs:  # a stop during the last epoch finishes the run
@@ -748,34 +746,36 @@ def train(
             fail(f"stopped by {stop} after epoch {epoch}; continue with --resume=true")
     wandb.finish()
     # CORL's two numbers: each seed's last and best score, mean +- std over seeds
-    scores = np.reshape([row["score_mean"] for row in run["scores"]], (-1, config.num_seeds))
-    last = f"last {scores[-1].mean():.1f} +- {scores[-1].std():.1f}"  # scores: [evaluations, seeds]
+    score_means = [row["score_mean"] for row in run["scores"]]
+    scores = np.reshape(score_means, (-1, config.num_seeds))  # [evaluations, seeds]
+    last = f"last {scores[-1].mean():.1f} +- {scores[-1].std():.1f}"
     best = f"best {scores.max(axis=0).mean():.1f} +- {scores.max(axis=0).std():.1f}"
-    summary = f"mean +- std: {last}, {best} (in {directory}/scores.csv)"
+    summary = f"mean +- std: {last}, {best} (in {run['directory']}/scores.csv)"
     print(f"normalized score over {config.num_seeds} seed(s), {summary}")
 
 
 def main(config: Config) -> None:
     directory = config.checkpoints_path
     resuming = config.resume or config.eval_only
-    if directory and not resuming and os.path.isdir(directory) and os.listdir(directory):
+    in_use = directory and os.path.isdir(directory) and os.listdir(directory)
+    if in_use and not resuming:
         fail(
             f"checkpoints_path {directory} is not empty: continue its run with --resume=true, "
             "or pass a fresh one"
         )
     if resuming:
         saved = parse_config([f"--config_path={directory}/config.yaml"])
-        changed = [name for name in FIELD_TYPES if getattr(saved, name) != getattr(config, name)]
-        changed = [name for name in changed if name not in MAY_CHANGE]
+        fixed = [name for name in FIELD_TYPES if name not in MAY_CHANGE.split()]
+        changed = [name for name in fixed if getattr(config, name) != getattr(saved, name)]
         if changed:
             fail(
                 f"config differs from the saved run in {directory} in {changed}: "
                 "resume with the same values"
             )
-    dataset, make_env, ref_scores = load_task(config)
-    envs = gym.vector.SyncVectorEnv([make_env] * (config.num_seeds * config.eval_episodes))
+    dataset, envs, ref_scores = load_task(config)
     evaluate_actor = partial(evaluate, envs=envs, ref_scores=ref_scores, config=config)
-    new_state = partial(create_sac_n_state, dataset.obs.shape[1], dataset.actions.shape[1], config)
+    dims = dataset.obs.shape[1], dataset.actions.shape[1]
+    new_state = partial(create_sac_n_state, *dims, config)
     if resuming:
         state, run = load_checkpoint(directory, jax.eval_shape(new_state))
     else:  # what a resumed run needs besides the train state
@@ -785,13 +785,13 @@ def main(config: Config) -> None:
         # train_seconds: summed over the sessions of a resumed run
         run = {"name": name, "wandb_id": run_id, "epoch": 0, "train_seconds": 0.0, "scores": []}
         if directory:
-            os.makedirs(directory, exist_ok=True)
             write_yaml = partial(pyrallis.dump, config, sort_keys=False, encoding="utf-8")
             write_file(f"{directory}/config.yaml", write_yaml)
     if config.eval_only:  # print the saved agents' evaluation
         for name, value in evaluate_actor(state.actor)[0].items():
             print(f"{name}: {value:.3f}")
         return
+    run["directory"] = directory or f"results/{run['name']}"  # of scores.csv, and the checkpoint
     state, dataset = shard_seeds(state, dataset, config.num_seeds)
     train(config, state, dataset, evaluate_actor, run)
 

@@ -490,9 +490,10 @@ def test_defaults_are_corls(module: ModuleType) -> None:
 
 
 # --- Tests: the similarity term by hand ---
-def linear_q(weights: jax.Array, obs: jax.Array, action: jax.Array) -> jax.Array:
-    """Q_i(obs, a) = (w_i * obs) . a for one sample: critic i's action gradient is w_i * obs."""
-    return (weights * obs) @ action
+def linear_q(weights: jax.Array, obs: jax.Array, actions: jax.Array) -> jax.Array:
+    """An ensemble, as the scripts' critic apply_fn: Q_i(obs, a) = (w_i * obs) . a for each critic
+    i and sample, [num_critics, batch_size], so critic i's action gradient is w_i * obs."""
+    return jnp.einsum("nk,bk,bk->nb", weights, obs, actions)
 
 
 @partial(jax.jit, static_argnums=0)

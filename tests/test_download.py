@@ -1,7 +1,8 @@
 """Downloading a missing D4RL file, against a local HTTP proxy in a thread (urllib sends the request
 for D4RL's URL to it, so no test touches the network): a download that dies mid-transfer stops the
 run with one line that names the file and the URL and leaves no file behind, neither the dataset
-nor its partial download; a complete one lands where d4rl itself reads it, and loads.
+nor its partial download, and a server that stalls times out; a complete one lands where d4rl
+itself reads it, and loads.
 
 The Flax script only: the Data section is the same text in both (test_parity.py)."""
 
@@ -142,25 +143,25 @@ def test_failed_download_is_one_line_and_leaves_no_file(
     assert requested == [URL]
     path = directory / FILE_NAME
     assert f"{path} is missing and downloading {URL} failed (" in message, message
-    assert os.listdir(directory) == [], "a failed download must leave nothing behind"
+    assert not directory.exists(), "a failed download must leave nothing behind"
 
 
 def test_complete_download_lands_where_d4rl_reads_it_and_loads(
     tmp_path, monkeypatch, capsys, hopper_hdf5: bytes
 ) -> None:
-    """Also over the partial file of a run that was killed while downloading."""
+    """Also over the temporary file of a run that was killed while writing the download."""
     directory = tmp_path / "datasets"
     monkeypatch.setenv("D4RL_DATASET_DIR", str(directory))
     path = directory / FILE_NAME
     directory.mkdir()
-    (directory / f"{FILE_NAME}.part").write_bytes(b"half a file")
+    (directory / f"{FILE_NAME}.tmp").write_bytes(b"half a file")
 
     def respond(handler) -> None:
         send_headers(handler, Content_Length=str(len(hopper_hdf5)))
         handler.wfile.write(hopper_hdf5)
 
     with proxy(monkeypatch, respond) as requested:
-        dataset, make_env, ref_scores = script.load_task(load_config())
+        dataset, envs, ref_scores = script.load_task(load_config())
         assert requested == [URL]
         assert f"downloading {URL} to {path}" in capsys.readouterr().out
         assert os.listdir(directory) == [FILE_NAME]
@@ -170,10 +171,39 @@ def test_complete_download_lands_where_d4rl_reads_it_and_loads(
         for key, value in transitions.items():
             np.testing.assert_array_equal(np.asarray(getattr(dataset, key)), value, err_msg=key)
         assert len(dataset.rewards) > 100
-        env = make_env()
+        env = envs.envs[0]
         assert env.spec.id == "Hopper-v4"
-        env.close()
+        envs.close()
         assert ref_scores == script.D4RL_REF_SCORES["hopper"]
         # the next run reads the file and downloads nothing
         assert script.d4rl_file(ENV_NAME) == str(path)
         assert requested == [URL]
+
+
+def test_a_stalled_download_times_out_in_one_line(tmp_path, monkeypatch, hopper_hdf5: bytes) -> None:
+    """A server that stops sending mid-body: the script's timeout ends the wait (shortened here to
+    half a second) and the run stops with one line; nothing is left behind."""
+    directory = tmp_path / "datasets"
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(directory))
+    timeouts, release = [], threading.Event()
+    real_urlopen = urllib.request.urlopen
+
+    def urlopen(url: str, timeout: float):  # a call without a timeout fails here
+        timeouts.append(timeout)
+        return real_urlopen(url, timeout=0.5)
+
+    def stall(handler) -> None:
+        send_headers(handler, Content_Length=str(ANNOUNCED))
+        handler.wfile.write(hopper_hdf5[:SENT])
+        handler.wfile.flush()
+        release.wait(timeout=30)  # until the test is done with it
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with proxy(monkeypatch, stall):
+        try:
+            message = error_message(script.load_task, load_config())
+        finally:
+            release.set()
+    assert len(timeouts) == 1 and 0 < timeouts[0] <= 600, timeouts
+    assert f"downloading {URL} failed (timed out)" in message, message
+    assert not directory.exists()
