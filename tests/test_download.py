@@ -180,7 +180,9 @@ def test_complete_download_lands_where_d4rl_reads_it_and_loads(
         assert requested == [URL]
 
 
-def test_a_stalled_download_times_out_in_one_line(tmp_path, monkeypatch, hopper_hdf5: bytes) -> None:
+def test_a_stalled_download_times_out_in_one_line(
+    tmp_path, monkeypatch, hopper_hdf5: bytes
+) -> None:
     """A server that stops sending mid-body: the script's timeout ends the wait (shortened here to
     half a second) and the run stops with one line; nothing is left behind."""
     directory = tmp_path / "datasets"
