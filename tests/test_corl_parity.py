@@ -26,9 +26,8 @@ Everything else is the same to rounding, e.g. CORL's Gaussian log-prob of the sa
 against the Polyak formula.
 
 EDAC needs no allowance beyond these: the similarity term is the same math in both (the scripts'
-per-sample forward-mode Jacobian, `jax.jacfwd`, against edac.py's reverse-mode gradient of the
-summed Q-values with respect to per-critic copies of the actions), and "critic_loss" is the total
-in both. test_diversity_loss_by_hand checks the term's sign and scale on critics whose action
+`jax.grad` of each critic's summed Q-values, vmapped over the critics, against edac.py's one
+backward pass over per-critic copies of the actions), and "critic_loss" is the total in both. test_diversity_loss_by_hand checks the term's sign and scale on critics whose action
 gradients are written down by hand.
 
 Every hyperparameter the update reads is off its default in both runs, SAC-N (eta = 0, the
