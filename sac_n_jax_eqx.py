@@ -526,7 +526,7 @@ def qlearning_dataset(path: str) -> dict:
     except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, unreadable
         fail(f"cannot read {path} as HDF5 ({error}): download it again")
     ranks = {key: np.ndim(array) for key, array in data.items()}
-    lengths = {np.shape(array)[:1] for array in data.values()}
+    lengths = {np.shape(array)[:1] for array in data.values()}  # (rows,) of each array
     if ranks != D4RL_ARRAYS or len(lengths) > 1:
         shapes = {key: np.shape(data[key]) if key in data else "missing" for key in D4RL_ARRAYS}
         fail(

@@ -27,8 +27,9 @@ against the Polyak formula.
 
 EDAC needs no allowance beyond these: the similarity term is the same math in both (the scripts'
 `jax.grad` of each critic's summed Q-values, vmapped over the critics, against edac.py's one
-backward pass over per-critic copies of the actions), and "critic_loss" is the total in both. test_diversity_loss_by_hand checks the term's sign and scale on critics whose action
-gradients are written down by hand.
+backward pass over per-critic copies of the actions), and "critic_loss" is the total in both.
+test_diversity_loss_by_hand checks the term's sign and scale on critics whose action gradients
+are written down by hand.
 
 Every hyperparameter the update reads is off its default in both runs, SAC-N (eta = 0, the
 default) and EDAC (eta > 0), and the three learning rates all differ: a value that does not reach
